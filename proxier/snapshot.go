@@ -1,0 +1,328 @@
+// Package proxier holds the types that connect switchyard's pipeline: the
+// Snapshot the planner produces, the Backend seam every proxy mode
+// implements, and the names that identify service ports. Sources, tracker,
+// planner and runner live in sub-packages and speak these types.
+package proxier
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+)
+
+// IPFamily is an IP address family: IPv4 or IPv6.
+type IPFamily int
+
+const (
+	// IPv4 is the IPv4 family.
+	IPv4 IPFamily = 4
+	// IPv6 is the IPv6 family.
+	IPv6 IPFamily = 6
+)
+
+// String returns "IPv4" or "IPv6".
+func (f IPFamily) String() string {
+	switch f {
+	case IPv4:
+		return "IPv4"
+	case IPv6:
+		return "IPv6"
+	}
+	return fmt.Sprintf("IPFamily(%d)", int(f))
+}
+
+// FamilyOf returns the family of addr (IPv4-mapped IPv6 counts as IPv4).
+func FamilyOf(addr netip.Addr) IPFamily {
+	if addr.Unmap().Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// Protocol is a transport protocol a service port uses.
+type Protocol string
+
+const (
+	// TCP is the TCP protocol.
+	TCP Protocol = "TCP"
+	// UDP is the UDP protocol.
+	UDP Protocol = "UDP"
+	// SCTP is the SCTP protocol.
+	SCTP Protocol = "SCTP"
+)
+
+// Lower returns the protocol in lower case, as iptables and ipvsadm spell it.
+func (p Protocol) Lower() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	case SCTP:
+		return "sctp"
+	}
+	return string(p)
+}
+
+// ServicePortName identifies one port of one service: the namespace, the
+// service name, the port's name (empty for an unnamed port) and protocol.
+type ServicePortName struct {
+	Namespace string
+	Name      string
+	Port      string
+	Protocol  Protocol
+}
+
+// String returns "namespace/name:port" (or "namespace/name" for an unnamed
+// port), the form kube-proxy uses in rule comments.
+func (n ServicePortName) String() string {
+	if n.Port == "" {
+		return n.Namespace + "/" + n.Name
+	}
+	return n.Namespace + "/" + n.Name + ":" + n.Port
+}
+
+// Service returns "namespace/name".
+func (n ServicePortName) Service() string { return n.Namespace + "/" + n.Name }
+
+// Less orders service port names by namespace, name, port, protocol.
+func (n ServicePortName) Less(o ServicePortName) bool {
+	if n.Namespace != o.Namespace {
+		return n.Namespace < o.Namespace
+	}
+	if n.Name != o.Name {
+		return n.Name < o.Name
+	}
+	if n.Port != o.Port {
+		return n.Port < o.Port
+	}
+	return n.Protocol < o.Protocol
+}
+
+// Endpoint is one backend of a service port, as the planner resolved it
+// from EndpointSlices: deduplicated, with conditions defaulted.
+type Endpoint struct {
+	// Addr is the endpoint's IP address and target port.
+	Addr netip.AddrPort
+	// Ready, Serving and Terminating are the slice conditions with their
+	// defaults applied (ready nil = true, serving nil = ready, terminating
+	// nil = false).
+	Ready       bool `json:"ready"`
+	Serving     bool `json:"serving"`
+	Terminating bool `json:"terminating"`
+	// Local is true when the endpoint runs on this node.
+	Local bool `json:"local,omitempty"`
+	// NodeName and Zone come from the slice (informational).
+	NodeName string `json:"nodeName,omitempty"`
+	Zone     string `json:"zone,omitempty"`
+}
+
+// String returns "ip:port".
+func (e Endpoint) String() string { return e.Addr.String() }
+
+// SessionAffinity describes ClientIP session affinity; a zero Timeout means
+// no affinity.
+type SessionAffinity struct {
+	// Timeout is how long a client sticks to its endpoint (default 10800s).
+	Timeout time.Duration
+}
+
+// Enabled reports whether ClientIP affinity is on.
+func (a SessionAffinity) Enabled() bool { return a.Timeout > 0 }
+
+// ServicePort is everything a backend needs to program one service port in
+// one IP family. Every policy decision is already taken: backends translate
+// it into kernel state and never look at the API objects.
+type ServicePort struct {
+	// Name identifies the service port.
+	Name ServicePortName
+	// Protocol is the transport protocol (same as Name.Protocol).
+	Protocol Protocol
+	// ClusterIP is the service's cluster IP in this family (invalid if the
+	// service has none in this family, e.g. a NodePort-only family split).
+	ClusterIP netip.Addr
+	// Port is the service port number.
+	Port uint16
+	// NodePort is the node port, or 0.
+	NodePort uint16
+	// ExternalIPs are the spec.externalIPs of this family.
+	ExternalIPs []netip.Addr
+	// LoadBalancerIPs are the status.loadBalancer.ingress IPs of this family
+	// (ipMode Proxy excluded).
+	LoadBalancerIPs []netip.Addr
+	// LoadBalancerSourceRanges, when non-empty, restricts traffic to the
+	// load-balancer IPs to these source prefixes (of this family).
+	LoadBalancerSourceRanges []netip.Prefix
+	// HealthCheckNodePort is the port of the health-check server for
+	// externalTrafficPolicy Local load balancers, or 0.
+	HealthCheckNodePort uint16
+	// ExternalPolicyLocal is true when externalTrafficPolicy is Local and
+	// the service is externally accessible.
+	ExternalPolicyLocal bool
+	// InternalPolicyLocal is true when internalTrafficPolicy is Local.
+	InternalPolicyLocal bool
+	// Affinity is the ClientIP session affinity.
+	Affinity SessionAffinity
+	// Scheduler is the per-service IPVS scheduler annotation, or "".
+	Scheduler string `json:",omitempty"`
+
+	// ClusterEndpoints serve traffic to the cluster IP (and external
+	// traffic when ExternalPolicyLocal is false, and pod-originated traffic
+	// to external addresses). They already honour internalTrafficPolicy,
+	// topology and the ready → serving-terminating fallback.
+	ClusterEndpoints []Endpoint
+	// LocalEndpoints are the endpoints on this node that serve traffic under
+	// a Local policy (ready ones, or serving-terminating ones if none is
+	// ready). Meaningful when ExternalPolicyLocal or InternalPolicyLocal.
+	LocalEndpoints []Endpoint
+	// AllEndpoints is every endpoint of the port after deduplication, in any
+	// condition (for conntrack cleanup and for display).
+	AllEndpoints []Endpoint
+	// HasAnyEndpoints is true when some endpoint anywhere could serve
+	// (ready, or serving and terminating). A port without any is rejected.
+	HasAnyEndpoints bool
+	// LocalReadyEndpoints counts this node's ready endpoints (health check).
+	LocalReadyEndpoints int
+}
+
+// ExternallyAccessible reports whether the port has any external address:
+// a node port, an external IP or a load-balancer IP.
+func (p *ServicePort) ExternallyAccessible() bool {
+	return p.NodePort != 0 || len(p.ExternalIPs) > 0 || len(p.LoadBalancerIPs) > 0
+}
+
+// ExternalEndpoints returns the endpoints that serve traffic arriving from
+// outside the cluster at a node port, external IP or load-balancer IP:
+// the local endpoints under externalTrafficPolicy Local, else the cluster
+// endpoints.
+func (p *ServicePort) ExternalEndpoints() []Endpoint {
+	if p.ExternalPolicyLocal {
+		return p.LocalEndpoints
+	}
+	return p.ClusterEndpoints
+}
+
+// InternalEndpoints returns the endpoints that serve traffic to the cluster
+// IP: the local endpoints under internalTrafficPolicy Local, else the
+// cluster endpoints.
+func (p *ServicePort) InternalEndpoints() []Endpoint {
+	if p.InternalPolicyLocal {
+		return p.LocalEndpoints
+	}
+	return p.ClusterEndpoints
+}
+
+// MasqueradeConfig says which traffic is source-NATed to the node.
+type MasqueradeConfig struct {
+	// All masquerades every packet sent to a cluster IP (--masquerade-all).
+	All bool
+	// ClusterCIDRs of this family: traffic to a cluster IP from outside
+	// them is masqueraded. Empty means off-cluster detection is off.
+	ClusterCIDRs []netip.Prefix
+	// MarkBit is the fwmark bit used to flag packets for masquerading
+	// (0-31, default 14 as in kube-proxy).
+	MarkBit int
+}
+
+// Mark returns the fwmark value 1<<MarkBit.
+func (m MasqueradeConfig) Mark() uint32 { return 1 << uint(m.MarkBit) }
+
+// NodePortAddresses is the set of node addresses node ports answer on.
+type NodePortAddresses struct {
+	// All is true when node ports answer on every local address (the
+	// default when --nodeport-addresses is empty).
+	All bool
+	// Addrs are the selected node addresses of this family when All is false.
+	Addrs []netip.Addr
+}
+
+// Snapshot is the immutable, complete plan for one IP family on this node.
+// Backends read it and never modify it.
+type Snapshot struct {
+	// Family is the IP family every address in the snapshot belongs to.
+	Family IPFamily
+	// NodeName is this node's name.
+	NodeName string
+	// NodeIPs are this node's addresses of this family.
+	NodeIPs []netip.Addr
+	// NodePortAddresses says where node ports answer.
+	NodePortAddresses NodePortAddresses
+	// Masquerade is the masquerading policy.
+	Masquerade MasqueradeConfig
+	// Services lists every service port of this family, sorted by name.
+	Services []*ServicePort
+	// Changed names the service ports whose plan differs from the previous
+	// snapshot (added, changed or removed). Nil together with FullSync
+	// true means "treat everything as changed".
+	Changed map[ServicePortName]bool
+	// FullSync asks the backend to rewrite everything (first sync, after a
+	// failure, periodic).
+	FullSync bool
+	// HostPorts are the hostPort mappings of this node's pods.
+	HostPorts []HostPort
+}
+
+// HostPort maps a port on the node to a port of a pod on this node.
+type HostPort struct {
+	// Pod is "namespace/name" of the pod.
+	Pod string
+	// Protocol is the transport protocol.
+	Protocol Protocol
+	// HostIP restricts the mapping to one node address; invalid means all.
+	HostIP netip.Addr
+	// HostPort is the port on the node.
+	HostPort uint16
+	// PodIP and ContainerPort are where traffic is sent.
+	PodIP         netip.Addr
+	ContainerPort uint16
+}
+
+// Lookup returns the service port with the given name, or nil.
+func (s *Snapshot) Lookup(name ServicePortName) *ServicePort {
+	i := sort.Search(len(s.Services), func(i int) bool { return !s.Services[i].Name.Less(name) })
+	if i < len(s.Services) && s.Services[i].Name == name {
+		return s.Services[i]
+	}
+	return nil
+}
+
+// IsChanged reports whether the named service port must be rewritten.
+func (s *Snapshot) IsChanged(name ServicePortName) bool {
+	return s.FullSync || s.Changed[name]
+}
+
+// SyncResult reports what one Backend.Sync did, for metrics and logs.
+type SyncResult struct {
+	// Full is true when the backend rewrote everything.
+	Full bool
+	// Wrote is false when the kernel already matched and nothing was written.
+	Wrote bool
+	// Bytes is the size of what was written (restore text, netlink
+	// messages), when the backend can tell.
+	Bytes int
+	// Rules counts the rules, virtual servers or elements written.
+	Rules int
+}
+
+// Backend programs the kernel for one proxy mode. Sync receives one snapshot
+// per IP family the node runs (IPv4 first); it must make the kernel match
+// them atomically where the kernel allows and leave the previous state in
+// place when it fails. Cleanup removes everything the mode ever created.
+type Backend interface {
+	// Name returns the proxy mode name ("iptables", "ipvs", ...).
+	Name() string
+	// Sync makes the kernel match the snapshots.
+	Sync(ctx context.Context, snaps []*Snapshot) (SyncResult, error)
+	// Cleanup removes every rule, chain, set, interface and virtual server
+	// the mode created, and nothing else.
+	Cleanup(ctx context.Context) error
+}
+
+// Renderer is implemented by backends that can print, without touching the
+// kernel, what a full sync would program (`switchyard rules`).
+type Renderer interface {
+	// Render returns the text a full sync of snaps would write.
+	Render(snaps []*Snapshot) (string, error)
+}
