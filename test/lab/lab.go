@@ -1,0 +1,411 @@
+// Package lab builds a small network of Linux network namespaces for tests
+// that send real packets through real kernel rules.
+//
+// Topology (all names start with "swy-<id>-", id random per lab):
+//
+//	outside ns                 node ns                         pod ns (one per pod)
+//	eth0 192.0.2.100/24 ──veth── ext0 192.0.2.1/24        pN ──veth── eth0 10.244.0.X/32
+//	default via 192.0.2.1        + 10.0.0.10/32 (node IP)
+//	                             10.244.0.X/32 dev pN src NodeIP   default via 10.0.0.10 onlink
+//	                             default via 192.0.2.100
+//
+// Pods are routed, not bridged: each pod has a /32 address and a default
+// route through the node IP on its veth (the node answers ARP for it because
+// the node IP is one of its local addresses), and the node has a host route
+// to each pod on that pod's veth. So pod-to-pod and hairpin traffic crosses
+// the node's FORWARD path, with no bridge (and no br_netfilter) involved.
+// The node's default route points at the outside namespace, whose
+// forwarding is off: a packet to a service IP that no rule rewrites leaves
+// the node and is dropped inside the lab, never reaching the host.
+//
+// In the node namespace ip_forward and route_localnet are on and rp_filter
+// is off. Each pod namespace runs the swy-echo server (package test/echo),
+// built once per test binary. Everything is removed in t.Cleanup.
+package lab
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Prefix starts the name of every namespace the lab creates.
+const Prefix = "swy-"
+
+// Default addresses of the lab.
+var (
+	DefaultNodeIP    = netip.MustParseAddr("10.0.0.10")
+	DefaultOutsideGW = netip.MustParseAddr("192.0.2.1")
+	DefaultOutsideIP = netip.MustParseAddr("192.0.2.100")
+	// DefaultPorts are the echo ports of a pod whose spec names none.
+	DefaultPorts = []uint16{80}
+)
+
+// Pod describes one pod namespace.
+type Pod struct {
+	// Name is the pod's name: lower-case letters, digits and '-', at most
+	// 20 characters. The echo server answers with it.
+	Name string
+	// IP is the pod's address (e.g. 10.244.0.5).
+	IP netip.Addr
+	// TCPPorts and UDPPorts are the echo server's ports; both default to
+	// DefaultPorts when both are empty.
+	TCPPorts, UDPPorts []uint16
+	// NoEcho skips starting the echo server.
+	NoEcho bool
+}
+
+// Spec describes a lab. Zero addresses take the defaults above.
+type Spec struct {
+	NodeIP    netip.Addr
+	OutsideIP netip.Addr
+	OutsideGW netip.Addr
+	Pods      []Pod
+}
+
+// PodNS is a pod namespace of a running lab.
+type PodNS struct {
+	Pod
+	// NS is the namespace name.
+	NS string
+	// NodeIface is the node side of the pod's veth (in the node namespace).
+	NodeIface string
+}
+
+// Lab is a running lab. Its fields are read-only.
+type Lab struct {
+	// ID is the random part of every namespace name.
+	ID string
+	// Node and Outside are the node and outside-client namespace names.
+	Node, Outside string
+	// NodeIP, OutsideIP and OutsideGW are the addresses in use.
+	NodeIP, OutsideIP, OutsideGW netip.Addr
+	// ExtIface is the node's interface towards the outside namespace.
+	ExtIface string
+	// Pods are the pod namespaces, in spec order.
+	Pods []*PodNS
+
+	t      testing.TB
+	mu     sync.Mutex
+	procs  []*Process
+	nsList []string
+}
+
+var podName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,19}$`)
+
+// New creates the lab described by spec and registers its removal with
+// t.Cleanup. It skips the test when not run as root and fails it when a
+// needed tool is missing.
+func New(t testing.TB, spec Spec) *Lab {
+	t.Helper()
+	RequireRoot(t)
+	if spec.NodeIP == (netip.Addr{}) {
+		spec.NodeIP = DefaultNodeIP
+	}
+	if spec.OutsideIP == (netip.Addr{}) {
+		spec.OutsideIP = DefaultOutsideIP
+	}
+	if spec.OutsideGW == (netip.Addr{}) {
+		spec.OutsideGW = DefaultOutsideGW
+	}
+	var idb [3]byte
+	if _, err := rand.Read(idb[:]); err != nil {
+		t.Fatalf("lab: random id: %v", err)
+	}
+	id := hex.EncodeToString(idb[:])
+	l := &Lab{
+		ID:        id,
+		Node:      Prefix + id + "-node",
+		Outside:   Prefix + id + "-out",
+		NodeIP:    spec.NodeIP,
+		OutsideIP: spec.OutsideIP,
+		OutsideGW: spec.OutsideGW,
+		ExtIface:  "ext0",
+		t:         t,
+	}
+	t.Cleanup(l.cleanup)
+	seen := map[string]bool{}
+	for i, p := range spec.Pods {
+		if !podName.MatchString(p.Name) || seen[p.Name] {
+			t.Fatalf("lab: bad or duplicate pod name %q", p.Name)
+		}
+		seen[p.Name] = true
+		if !p.IP.Is4() {
+			t.Fatalf("lab: pod %s: IPv4 address required, got %v", p.Name, p.IP)
+		}
+		if len(p.TCPPorts) == 0 && len(p.UDPPorts) == 0 {
+			p.TCPPorts, p.UDPPorts = DefaultPorts, DefaultPorts
+		}
+		l.Pods = append(l.Pods, &PodNS{Pod: p, NS: Prefix + id + "-" + p.Name, NodeIface: fmt.Sprintf("p%d", i)})
+	}
+
+	l.addNS(l.Node)
+	l.addNS(l.Outside)
+	l.sysctls(l.Node, map[string]string{
+		"net/ipv4/ip_forward":              "1",
+		"net/ipv4/conf/all/route_localnet": "1",
+		"net/ipv4/conf/all/rp_filter":      "0",
+		"net/ipv4/conf/default/rp_filter":  "0",
+		"net/ipv4/conf/all/arp_ignore":     "0",
+	})
+	l.sysctls(l.Outside, map[string]string{"net/ipv4/ip_forward": "0"})
+
+	// node <-> outside
+	l.must("ip", "-n", l.Node, "link", "add", l.ExtIface, "type", "veth", "peer", "name", "eth0", "netns", l.Outside)
+	l.must("ip", "-n", l.Node, "addr", "add", l.OutsideGW.String()+"/24", "dev", l.ExtIface)
+	l.must("ip", "-n", l.Node, "addr", "add", l.NodeIP.String()+"/32", "dev", l.ExtIface)
+	l.must("ip", "-n", l.Node, "link", "set", l.ExtIface, "up")
+	l.must("ip", "-n", l.Outside, "addr", "add", l.OutsideIP.String()+"/24", "dev", "eth0")
+	l.must("ip", "-n", l.Outside, "link", "set", "eth0", "up")
+	l.must("ip", "-n", l.Outside, "route", "add", "default", "via", l.OutsideGW.String())
+	l.must("ip", "-n", l.Node, "route", "add", "default", "via", l.OutsideIP.String(), "dev", l.ExtIface)
+
+	for _, p := range l.Pods {
+		l.addNS(p.NS)
+		l.sysctls(p.NS, map[string]string{"net/ipv4/conf/all/rp_filter": "0"})
+		l.must("ip", "-n", l.Node, "link", "add", p.NodeIface, "type", "veth", "peer", "name", "eth0", "netns", p.NS)
+		l.must("ip", "-n", l.Node, "link", "set", p.NodeIface, "up")
+		l.must("ip", "-n", l.Node, "route", "add", p.IP.String()+"/32", "dev", p.NodeIface, "src", l.NodeIP.String())
+		l.sysctls(l.Node, map[string]string{"net/ipv4/conf/" + p.NodeIface + "/rp_filter": "0"})
+		l.must("ip", "-n", p.NS, "addr", "add", p.IP.String()+"/32", "dev", "eth0")
+		l.must("ip", "-n", p.NS, "link", "set", "eth0", "up")
+		l.must("ip", "-n", p.NS, "route", "add", "default", "via", l.NodeIP.String(), "dev", "eth0", "onlink")
+	}
+	var need []*PodNS
+	for _, p := range l.Pods {
+		if !p.NoEcho {
+			need = append(need, p)
+		}
+	}
+	if len(need) > 0 {
+		bin := EchoBinary(t)
+		for _, p := range need {
+			p := p
+			proc := l.Start(p.NS, bin, "-name", p.Name, "-tcp", joinPorts(p.TCPPorts), "-udp", joinPorts(p.UDPPorts))
+			if err := proc.WaitFor("READY", 20*time.Second); err != nil {
+				t.Fatalf("lab: echo server in pod %s: %v", p.Name, err)
+			}
+		}
+	}
+	return l
+}
+
+// RequireRoot skips t unless it runs as root, and fails it when the ip tool
+// is missing.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("network namespace lab needs root")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("lab: the ip tool (iproute2) is required: %v", err)
+	}
+}
+
+func joinPorts(ps []uint16) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = fmt.Sprint(p)
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *Lab) addNS(name string) {
+	l.t.Helper()
+	l.must("ip", "netns", "add", name)
+	l.mu.Lock()
+	l.nsList = append(l.nsList, name)
+	l.mu.Unlock()
+	l.must("ip", "-n", name, "link", "set", "lo", "up")
+}
+
+func (l *Lab) sysctls(ns string, kv map[string]string) {
+	l.t.Helper()
+	var sb strings.Builder
+	for k, v := range kv {
+		fmt.Fprintf(&sb, "echo %s > /proc/sys/%s && ", v, k)
+	}
+	sb.WriteString("true")
+	l.must("ip", "netns", "exec", ns, "sh", "-c", sb.String())
+}
+
+func (l *Lab) must(args ...string) string {
+	l.t.Helper()
+	out, err := run(args...)
+	if err != nil {
+		l.t.Fatalf("lab: %v", err)
+	}
+	return out
+}
+
+func run(args ...string) (string, error) {
+	cmd := exec.Command(args[0], args[1:]...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// Pod returns the pod namespace with the given pod name, or fails the test.
+func (l *Lab) Pod(name string) *PodNS {
+	l.t.Helper()
+	for _, p := range l.Pods {
+		if p.Name == name {
+			return p
+		}
+	}
+	l.t.Fatalf("lab: no pod %q", name)
+	return nil
+}
+
+// Exec runs a command inside namespace ns (through `ip netns exec`) and
+// returns its standard output; the error includes standard error.
+func (l *Lab) Exec(ns string, args ...string) (string, error) {
+	return run(append([]string{"ip", "netns", "exec", ns}, args...)...)
+}
+
+// MustExec is Exec that fails the test on error.
+func (l *Lab) MustExec(ns string, args ...string) string {
+	l.t.Helper()
+	out, err := l.Exec(ns, args...)
+	if err != nil {
+		l.t.Fatalf("lab: %v", err)
+	}
+	return out
+}
+
+// Namespaces returns the names of every namespace of the lab.
+func (l *Lab) Namespaces() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.nsList...)
+}
+
+func (l *Lab) cleanup() {
+	l.mu.Lock()
+	procs, nss := l.procs, l.nsList
+	l.procs, l.nsList = nil, nil
+	l.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		procs[i].Stop()
+	}
+	for i := len(nss) - 1; i >= 0; i-- {
+		if _, err := run("ip", "netns", "del", nss[i]); err != nil {
+			l.t.Errorf("lab cleanup: %v", err)
+		}
+	}
+}
+
+// Process is a command the lab started inside a namespace.
+type Process struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	out    bytes.Buffer
+	lines  chan string
+	done   chan struct{}
+	err    error
+	stopMu sync.Once
+}
+
+// Start runs a long-lived command in namespace ns; it is killed (by its PID)
+// in the lab's cleanup, before the namespaces are deleted.
+func (l *Lab) Start(ns string, args ...string) *Process {
+	l.t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	p := &Process{cmd: cmd, lines: make(chan string, 64), done: make(chan struct{})}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		l.t.Fatalf("lab: %v", err)
+	}
+	cmd.Stderr = &lockedWriter{p: p}
+	if err := cmd.Start(); err != nil {
+		l.t.Fatalf("lab: start %s in %s: %v", strings.Join(args, " "), ns, err)
+	}
+	l.mu.Lock()
+	l.procs = append(l.procs, p)
+	l.mu.Unlock()
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.out.WriteString(line + "\n")
+			p.mu.Unlock()
+			select {
+			case p.lines <- line:
+			default:
+			}
+		}
+		err := cmd.Wait()
+		p.mu.Lock()
+		p.err = err
+		p.mu.Unlock()
+		close(p.done)
+	}()
+	return p
+}
+
+type lockedWriter struct{ p *Process }
+
+func (w *lockedWriter) Write(b []byte) (int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.out.Write(b)
+}
+
+// PID returns the process id (ip netns exec execs the command, so this is
+// the command itself).
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// Output returns everything the process printed so far (stdout and stderr).
+func (p *Process) Output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// WaitFor waits until the process prints a line equal to want on standard
+// output, or fails when it exits or the timeout passes.
+func (p *Process) WaitFor(want string, timeout time.Duration) error {
+	deadline := time.After(timeout)
+	for {
+		select {
+		case line := <-p.lines:
+			if strings.TrimSpace(line) == want {
+				return nil
+			}
+		case <-p.done:
+			return fmt.Errorf("exited (%v) before printing %q; output: %s", p.err, want, p.Output())
+		case <-deadline:
+			return fmt.Errorf("no %q after %v; output: %s", want, timeout, p.Output())
+		}
+	}
+}
+
+// Done is closed when the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Stop kills the process by its PID and waits for it to exit.
+func (p *Process) Stop() {
+	p.stopMu.Do(func() {
+		select {
+		case <-p.done:
+			return
+		default:
+		}
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
+}

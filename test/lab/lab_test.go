@@ -1,0 +1,124 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func addr(ip netip.Addr, port uint16) string { return netip.AddrPortFrom(ip, port).String() }
+
+// TestLabWithoutProxy proves the lab's plumbing with no proxy at all: plain
+// routing through the node namespace carries TCP and UDP from the outside
+// client, from pods and from the node to pod IPs, with source addresses
+// kept; refused and timed-out dials are told apart; and cleanup leaves no
+// namespace behind.
+func TestLabWithoutProxy(t *testing.T) {
+	RequireRoot(t)
+	var nss []string
+	t.Run("traffic", func(t *testing.T) {
+		l := New(t, Spec{Pods: []Pod{
+			{Name: "pod-a", IP: netip.MustParseAddr("10.244.0.2"), TCPPorts: []uint16{80, 8080}, UDPPorts: []uint16{53}},
+			{Name: "pod-b", IP: netip.MustParseAddr("10.244.0.3"), TCPPorts: []uint16{80}, UDPPorts: []uint16{53}},
+		}})
+		nss = l.Namespaces()
+		if len(nss) != 4 {
+			t.Fatalf("namespaces = %v, want node, outside and two pods", nss)
+		}
+		a, b := l.Pod("pod-a"), l.Pod("pod-b")
+		cases := []struct {
+			from, proto, to string
+			wantName        string
+			wantSrc         netip.Addr
+		}{
+			{l.Outside, "tcp", addr(a.IP, 80), "pod-a", l.OutsideIP},
+			{l.Outside, "udp", addr(b.IP, 53), "pod-b", l.OutsideIP},
+			{l.Outside, "tcp", addr(a.IP, 8080), "pod-a", l.OutsideIP},
+			{a.NS, "tcp", addr(b.IP, 80), "pod-b", a.IP},
+			{b.NS, "udp", addr(a.IP, 53), "pod-a", b.IP},
+			{l.Node, "tcp", addr(b.IP, 80), "pod-b", l.NodeIP},
+		}
+		for _, c := range cases {
+			r, err := l.Dial(c.from, c.proto, c.to)
+			if err != nil {
+				t.Errorf("%s %s -> %s: %v", c.from, c.proto, c.to, err)
+				continue
+			}
+			if r.Name != c.wantName || r.Peer.Addr() != c.wantSrc {
+				t.Errorf("%s %s -> %s: reply %v, want from %s seeing source %v", c.from, c.proto, c.to, r, c.wantName, c.wantSrc)
+			}
+		}
+
+		// Nothing listens on TCP 81 or UDP 54: refused at once.
+		for _, proto := range []string{"tcp", "udp"} {
+			port := uint16(81)
+			if proto == "udp" {
+				port = 54
+			}
+			_, err := l.Dial(l.Outside, proto, addr(a.IP, port))
+			if !errors.Is(err, ErrRefused) {
+				t.Errorf("%s to a closed port: err = %v, want ErrRefused", proto, err)
+			}
+		}
+		// A service IP with no proxy: the node routes it back towards the
+		// outside namespace, which drops it: a timeout, not a refusal.
+		_, err := l.Dial(l.Outside, "tcp", "10.96.0.1:80")
+		if !errors.Is(err, ErrTimeout) {
+			t.Errorf("unproxied service IP: err = %v, want ErrTimeout", err)
+		}
+
+		out := l.MustExec(l.Node, "cat", "/proc/sys/net/ipv4/ip_forward")
+		if strings.TrimSpace(out) != "1" {
+			t.Errorf("node ip_forward = %q", out)
+		}
+	})
+	out, err := run("ip", "netns", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range nss {
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Fields(line+" x")[0] == ns {
+				t.Errorf("namespace %s left behind after cleanup", ns)
+			}
+		}
+	}
+}
+
+// TestSpecValidation checks that bad pod specs fail before any namespace is made.
+func TestSpecValidation(t *testing.T) {
+	RequireRoot(t)
+	for _, p := range []Pod{{Name: "Bad_Name", IP: netip.MustParseAddr("10.244.0.9")}, {Name: "v6", IP: netip.MustParseAddr("fd00::1")}} {
+		ft := &fakeT{TB: t}
+		func() {
+			defer func() { _ = recover() }()
+			New(ft, Spec{Pods: []Pod{p}})
+		}()
+		ft.runCleanups()
+		if !ft.failed {
+			t.Errorf("New accepted pod %+v", p)
+		}
+	}
+}
+
+// fakeT records failures instead of stopping the real test.
+type fakeT struct {
+	testing.TB
+	failed   bool
+	cleanups []func()
+}
+
+func (f *fakeT) Helper()                        {}
+func (f *fakeT) Cleanup(fn func())              { f.cleanups = append(f.cleanups, fn) }
+func (f *fakeT) Errorf(format string, a ...any) { f.failed = true }
+func (f *fakeT) Fatalf(format string, a ...any) {
+	f.failed = true
+	panic(fmt.Sprintf(format, a...))
+}
+func (f *fakeT) runCleanups() {
+	for i := len(f.cleanups) - 1; i >= 0; i-- {
+		f.cleanups[i]()
+	}
+}
