@@ -80,7 +80,7 @@ func TestLabWithoutProxy(t *testing.T) {
 	}
 	for _, ns := range nss {
 		for _, line := range strings.Split(out, "\n") {
-			if strings.Fields(line+" x")[0] == ns {
+			if strings.Fields(line + " x")[0] == ns {
 				t.Errorf("namespace %s left behind after cleanup", ns)
 			}
 		}
