@@ -1,0 +1,262 @@
+// Package planner turns Kubernetes objects into switchyard's per-family
+// Snapshots. It is pure: the same objects, node and config always give the
+// same plan, and nothing here touches the kernel or the network. Every
+// policy (traffic policies, terminating fallback, topology, affinity,
+// masquerading) is decided here, once, for every backend.
+package planner
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/switchyard-proxy/switchyard/proxier"
+)
+
+// Well-known labels and annotations the planner reads.
+const (
+	// LabelServiceName links an EndpointSlice to its Service.
+	LabelServiceName = discoveryv1.LabelServiceName
+	// LabelZone is the node label holding its zone.
+	LabelZone = corev1.LabelTopologyZone
+	// AnnotationSourceRanges is the legacy annotation for loadBalancerSourceRanges.
+	AnnotationSourceRanges = corev1.AnnotationLoadBalancerSourceRangesKey
+	// AnnotationIPVSScheduler selects a per-service IPVS scheduler.
+	AnnotationIPVSScheduler = "switchyard.io/ipvs-scheduler"
+	// DefaultAffinityTimeoutSeconds is ClientIP affinity's default timeout (3 hours).
+	DefaultAffinityTimeoutSeconds = 10800
+	// MaxAffinityTimeoutSeconds is the largest timeout the API allows (1 day).
+	MaxAffinityTimeoutSeconds = 86400
+)
+
+// NodeInfo is what the planner knows of the node it plans for.
+type NodeInfo struct {
+	// Name is the node's name (endpoints with this nodeName are local).
+	Name string
+	// Zone is the node's topology.kubernetes.io/zone label, or "".
+	Zone string
+	// IPs are the node's addresses (all families, primary first).
+	IPs []netip.Addr
+	// NodePortAddresses says, per family, where node ports answer.
+	NodePortAddresses map[proxier.IPFamily]proxier.NodePortAddresses
+}
+
+// Config is the node-wide configuration that shapes a plan.
+type Config struct {
+	// Node is this node.
+	Node NodeInfo
+	// Families lists the IP families to plan, primary first.
+	Families []proxier.IPFamily
+	// ClusterCIDRs select in-cluster sources (both families mixed).
+	ClusterCIDRs []netip.Prefix
+	// MasqueradeAll masquerades all traffic to cluster IPs.
+	MasqueradeAll bool
+	// MasqueradeBit is the fwmark bit used for masquerading (default 14).
+	MasqueradeBit int
+	// NodePortMin and NodePortMax bound valid node ports (default 30000-32767).
+	NodePortMin, NodePortMax uint16
+}
+
+// Defaults fills unset fields with kube-proxy's defaults.
+func (c *Config) Defaults() {
+	if len(c.Families) == 0 {
+		c.Families = []proxier.IPFamily{proxier.IPv4}
+	}
+	if c.NodePortMin == 0 && c.NodePortMax == 0 {
+		c.NodePortMin, c.NodePortMax = 30000, 32767
+	}
+}
+
+// HasFamily reports whether fam is planned.
+func (c *Config) HasFamily(fam proxier.IPFamily) bool {
+	for _, f := range c.Families {
+		if f == fam {
+			return true
+		}
+	}
+	return false
+}
+
+// Objects are the API objects a plan is made from.
+type Objects struct {
+	Services []*corev1.Service
+	Slices   []*discoveryv1.EndpointSlice
+	Node     *corev1.Node
+	Pods     []*corev1.Pod
+}
+
+// Problem is an object (or part of one) that could not be honoured.
+type Problem struct {
+	// Kind is "Service", "EndpointSlice" or "Pod".
+	Kind string
+	// Object is "namespace/name".
+	Object string
+	// Reason says what is wrong and what was skipped.
+	Reason string
+}
+
+// String returns a log-ready description.
+func (p Problem) String() string {
+	return fmt.Sprintf("%s %s: %s", p.Kind, p.Object, p.Reason)
+}
+
+// Plan makes the snapshots (one per configured family, in cfg.Families
+// order) for the given objects. It is the whole planner as one pure
+// function; the tracker uses the same pieces incrementally.
+func Plan(objs Objects, cfg Config) ([]*proxier.Snapshot, []Problem) {
+	cfg.Defaults()
+	slicesBySvc := map[string][]*discoveryv1.EndpointSlice{}
+	var problems []Problem
+	svcKeys := map[string]bool{}
+	for _, svc := range objs.Services {
+		svcKeys[svc.Namespace+"/"+svc.Name] = true
+	}
+	for _, sl := range objs.Slices {
+		key, p := SliceServiceKey(sl)
+		if p != nil {
+			problems = append(problems, *p)
+			continue
+		}
+		if !svcKeys[key] {
+			problems = append(problems, Problem{Kind: "EndpointSlice", Object: sl.Namespace + "/" + sl.Name,
+				Reason: fmt.Sprintf("service %s does not exist; slice ignored", key)})
+			continue
+		}
+		slicesBySvc[key] = append(slicesBySvc[key], sl)
+	}
+	plans := make([]*ServicePlan, 0, len(objs.Services))
+	for _, svc := range objs.Services {
+		sp := PlanService(svc, slicesBySvc[svc.Namespace+"/"+svc.Name], &cfg)
+		plans = append(plans, sp)
+	}
+	snaps, more := Assemble(plans, &cfg)
+	problems = append(problems, more...)
+	hp, pp := HostPorts(objs.Pods, &cfg)
+	problems = append(problems, pp...)
+	for _, s := range snaps {
+		s.HostPorts = hp[s.Family]
+		s.FullSync = true
+	}
+	for _, sp := range plans {
+		problems = append(problems, sp.Problems...)
+	}
+	return snaps, problems
+}
+
+// SliceServiceKey returns the "namespace/name" of the service an
+// EndpointSlice belongs to, or a Problem when the label is missing.
+func SliceServiceKey(sl *discoveryv1.EndpointSlice) (string, *Problem) {
+	name := sl.Labels[LabelServiceName]
+	if name == "" {
+		return "", &Problem{Kind: "EndpointSlice", Object: sl.Namespace + "/" + sl.Name,
+			Reason: "no " + LabelServiceName + " label; slice ignored"}
+	}
+	return sl.Namespace + "/" + name, nil
+}
+
+// Assemble builds snapshots from per-service plans: it sorts the service
+// ports, resolves node-port conflicts between services (the oldest service
+// keeps the port) and fills the node-wide fields. The returned snapshots
+// have no Changed set; the caller decides what changed.
+func Assemble(plans []*ServicePlan, cfg *Config) ([]*proxier.Snapshot, []Problem) {
+	var problems []Problem
+	// Resolve node-port conflicts deterministically: oldest service first,
+	// then by namespace/name.
+	ordered := make([]*ServicePlan, 0, len(plans))
+	for _, p := range plans {
+		if p != nil && len(p.Ports) > 0 {
+			ordered = append(ordered, p)
+		}
+	}
+	sort.Slice(ordered, func(i, j int) bool {
+		a, b := ordered[i], ordered[j]
+		if !a.Created.Equal(b.Created) {
+			return a.Created.Before(b.Created)
+		}
+		return a.Key < b.Key
+	})
+	type npKey struct {
+		fam  proxier.IPFamily
+		prot proxier.Protocol
+		port uint16
+	}
+	owner := map[npKey]string{}
+	rejected := map[*proxier.ServicePort]bool{}
+	for _, p := range ordered {
+		for _, sp := range p.Ports {
+			if sp.NodePort == 0 {
+				continue
+			}
+			k := npKey{proxier.FamilyOf(sp.ClusterIP), sp.Protocol, sp.NodePort}
+			if other, taken := owner[k]; taken && other != p.Key {
+				rejected[sp] = true
+				problems = append(problems, Problem{Kind: "Service", Object: p.Key,
+					Reason: fmt.Sprintf("nodePort %d/%s is already used by service %s; port %q skipped",
+						sp.NodePort, sp.Protocol, other, sp.Name.Port)})
+				continue
+			}
+			owner[k] = p.Key
+		}
+	}
+	snaps := make([]*proxier.Snapshot, 0, len(cfg.Families))
+	for _, fam := range cfg.Families {
+		snap := &proxier.Snapshot{
+			Family:            fam,
+			NodeName:          cfg.Node.Name,
+			NodeIPs:           filterAddrs(cfg.Node.IPs, fam),
+			NodePortAddresses: cfg.Node.NodePortAddresses[fam],
+			Masquerade: proxier.MasqueradeConfig{
+				All:          cfg.MasqueradeAll,
+				ClusterCIDRs: filterPrefixes(cfg.ClusterCIDRs, fam),
+				MarkBit:      cfg.MasqueradeBit,
+			},
+		}
+		if cfg.Node.NodePortAddresses == nil {
+			snap.NodePortAddresses.All = true
+		}
+		snaps = append(snaps, snap)
+	}
+	for _, p := range plans {
+		if p == nil {
+			continue
+		}
+		for _, sp := range p.Ports {
+			if rejected[sp] {
+				continue
+			}
+			for _, snap := range snaps {
+				if snap.Family == proxier.FamilyOf(sp.ClusterIP) {
+					snap.Services = append(snap.Services, sp)
+				}
+			}
+		}
+	}
+	for _, snap := range snaps {
+		sort.Slice(snap.Services, func(i, j int) bool { return snap.Services[i].Name.Less(snap.Services[j].Name) })
+	}
+	sort.SliceStable(problems, func(i, j int) bool { return problems[i].String() < problems[j].String() })
+	return snaps, problems
+}
+
+func filterAddrs(addrs []netip.Addr, fam proxier.IPFamily) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		if proxier.FamilyOf(a) == fam {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func filterPrefixes(ps []netip.Prefix, fam proxier.IPFamily) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if proxier.FamilyOf(p.Addr()) == fam {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,398 @@
+package planner
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/switchyard-proxy/switchyard/proxier"
+)
+
+// Endpoints used across the policy table (port 8080 everywhere).
+var (
+	local1 = func(o ...epOpt) discoveryv1.Endpoint {
+		return ep("10.244.1.1", append([]epOpt{onNode(testNode)}, o...)...)
+	}
+	localTerm = func(o ...epOpt) discoveryv1.Endpoint {
+		return ep("10.244.1.2", append([]epOpt{onNode(testNode), terminatingServing}, o...)...)
+	}
+	remote1    = func(o ...epOpt) discoveryv1.Endpoint { return ep("10.244.2.1", o...) }
+	remote2    = func(o ...epOpt) discoveryv1.Endpoint { return ep("10.244.2.3", o...) }
+	remoteTerm = func(o ...epOpt) discoveryv1.Endpoint {
+		return ep("10.244.2.2", append([]epOpt{terminatingServing}, o...)...)
+	}
+)
+
+const (
+	L1 = "10.244.1.1:8080"
+	LT = "10.244.1.2:8080"
+	R1 = "10.244.2.1:8080"
+	RT = "10.244.2.2:8080"
+	R2 = "10.244.2.3:8080"
+)
+
+func TestPolicyTable(t *testing.T) {
+	np := nodePort(30080)
+	cases := []struct {
+		name        string
+		svc         []func(*corev1.Service)
+		eps         []discoveryv1.Endpoint
+		wantCluster string
+		wantLocal   string
+		wantAny     bool
+		wantExt     string // ExternalEndpoints()
+		wantInt     string // InternalEndpoints()
+	}{
+		{"cluster policies, ready endpoints", []func(*corev1.Service){np}, []discoveryv1.Endpoint{local1(), remote1()},
+			L1 + "," + R1, "", true, L1 + "," + R1, L1 + "," + R1},
+		{"eTP Local uses only local ready", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
+			L1 + "," + R1, L1, true, L1, L1 + "," + R1},
+		{"eTP Local, no local endpoint: external gets none, cluster still served", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{remote1()},
+			R1, "", true, "", R1},
+		{"eTP Local falls back to local serving-terminating", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{localTerm(), remote1()},
+			R1, LT, true, LT, R1},
+		{"eTP Local prefers local ready over local terminating", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{local1(), localTerm()},
+			L1, L1, true, L1, L1},
+		{"eTP Local on a ClusterIP service without external IPs is ignored", []func(*corev1.Service){etpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
+			L1 + "," + R1, "", true, L1 + "," + R1, L1 + "," + R1},
+		{"iTP Local ClusterIP uses only local", []func(*corev1.Service){itpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
+			"", L1, true, "", L1},
+		{"iTP Local with eTP Cluster NodePort keeps cluster endpoints for external", []func(*corev1.Service){np, itpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
+			L1 + "," + R1, L1, true, L1 + "," + R1, L1},
+		{"iTP Local and eTP Local, no local endpoint: nothing anywhere on this node", []func(*corev1.Service){np, itpLocal, etpLocal}, []discoveryv1.Endpoint{remote1()},
+			"", "", true, "", ""},
+		{"iTP Local falls back to local serving-terminating", []func(*corev1.Service){itpLocal}, []discoveryv1.Endpoint{localTerm(), remote1()},
+			"", LT, true, "", LT},
+		{"cluster falls back to serving-terminating when nothing is ready", nil, []discoveryv1.Endpoint{localTerm(), remoteTerm(), remote1(notReady)},
+			LT + "," + RT, "", true, LT + "," + RT, LT + "," + RT},
+		{"terminating endpoints unused while any is ready", nil, []discoveryv1.Endpoint{remote1(), remoteTerm()},
+			R1, "", true, R1, R1},
+		{"not serving terminating and not-ready endpoints serve nothing", nil, []discoveryv1.Endpoint{ep("10.244.2.9", terminatingGone), remote1(notReady)},
+			"", "", false, "", ""},
+		{"zone hints: same zone only", nil, []discoveryv1.Endpoint{local1(zoneHints("zone-a")), remote1(zoneHints("zone-a")), remote2(zoneHints("zone-b"))},
+			L1 + "," + R1, "", true, L1 + "," + R1, L1 + "," + R1},
+		{"zone hints ignored when one ready endpoint lacks hints", nil, []discoveryv1.Endpoint{local1(zoneHints("zone-a")), remote1(), remote2(zoneHints("zone-b"))},
+			L1 + "," + R1 + "," + R2, "", true, L1 + "," + R1 + "," + R2, L1 + "," + R1 + "," + R2},
+		{"zone hints ignored when none names this zone", nil, []discoveryv1.Endpoint{remote1(zoneHints("zone-b")), remote2(zoneHints("zone-c"))},
+			R1 + "," + R2, "", true, R1 + "," + R2, R1 + "," + R2},
+		{"hints on not-ready endpoints do not matter", nil, []discoveryv1.Endpoint{remote1(zoneHints("zone-a")), remote2(zoneHints("zone-b")), ep("10.244.2.7", notReady)},
+			R1, "", true, R1, R1},
+		{"node hints (PreferSameNode) win over zone hints", nil, []discoveryv1.Endpoint{local1(nodeHints(testNode), zoneHints("zone-a")), remote1(nodeHints("node-b"), zoneHints("zone-a"))},
+			L1, "", true, L1, L1},
+		{"node hints not naming this node fall back to zone hints", nil, []discoveryv1.Endpoint{local1(nodeHints("node-c"), zoneHints("zone-b")), remote1(nodeHints("node-b"), zoneHints("zone-a"))},
+			R1, "", true, R1, R1},
+		{"Local policies ignore topology", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{local1(zoneHints("zone-b")), remote1(zoneHints("zone-a"))},
+			R1, L1, true, L1, R1},
+		{"terminating fallback with hints: topology decided on ready endpoints only", nil, []discoveryv1.Endpoint{localTerm(zoneHints("zone-a")), remoteTerm(zoneHints("zone-b"))},
+			LT + "," + RT, "", true, LT + "," + RT, LT + "," + RT},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := svc("web", tc.svc...)
+			snap, problems := planOne(t, Objects{Services: []*corev1.Service{s}, Slices: []*discoveryv1.EndpointSlice{slice("web", "web-1", tc.eps...)}}, testConfig())
+			if len(problems) != 0 {
+				t.Fatalf("unexpected problems: %v", problems)
+			}
+			if len(snap.Services) != 1 {
+				t.Fatalf("got %d service ports, want 1", len(snap.Services))
+			}
+			sp := snap.Services[0]
+			check := func(what, got, want string) {
+				t.Helper()
+				if got != want {
+					t.Errorf("%s = %q, want %q", what, got, want)
+				}
+			}
+			check("ClusterEndpoints", ips(sp.ClusterEndpoints), tc.wantCluster)
+			check("LocalEndpoints", ips(sp.LocalEndpoints), tc.wantLocal)
+			check("ExternalEndpoints", ips(sp.ExternalEndpoints()), tc.wantExt)
+			check("InternalEndpoints", ips(sp.InternalEndpoints()), tc.wantInt)
+			if sp.HasAnyEndpoints != tc.wantAny {
+				t.Errorf("HasAnyEndpoints = %v, want %v", sp.HasAnyEndpoints, tc.wantAny)
+			}
+			if len(sp.AllEndpoints) != len(tc.eps) {
+				t.Errorf("AllEndpoints has %d, want %d", len(sp.AllEndpoints), len(tc.eps))
+			}
+		})
+	}
+}
+
+func TestConditionDefaults(t *testing.T) {
+	mk := func(ready, serving, term *bool) discoveryv1.Endpoint {
+		e := ep("10.244.2.1")
+		e.Conditions = discoveryv1.EndpointConditions{Ready: ready, Serving: serving, Terminating: term}
+		return e
+	}
+	cases := []struct {
+		name                        string
+		e                           discoveryv1.Endpoint
+		ready, serving, terminating bool
+	}{
+		{"all nil", mk(nil, nil, nil), true, true, false},
+		{"ready false, serving nil follows ready", mk(bptr(false), nil, nil), false, false, false},
+		{"ready false serving true", mk(bptr(false), bptr(true), nil), false, true, false},
+		{"terminating true, ready nil", mk(nil, nil, bptr(true)), true, true, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			snap, _ := planOne(t, Objects{Services: []*corev1.Service{svc("web")}, Slices: []*discoveryv1.EndpointSlice{slice("web", "web-1", tc.e)}}, testConfig())
+			got := snap.Services[0].AllEndpoints[0]
+			if got.Ready != tc.ready || got.Serving != tc.serving || got.Terminating != tc.terminating {
+				t.Errorf("got ready=%v serving=%v terminating=%v, want %v %v %v", got.Ready, got.Serving, got.Terminating, tc.ready, tc.serving, tc.terminating)
+			}
+		})
+	}
+}
+
+func TestEndpointsDeduplicatedAcrossSlicesAndMatchedByPortName(t *testing.T) {
+	s := svc("web", func(s *corev1.Service) {
+		s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP})
+	})
+	a := slice("web", "web-a", remote1(notReady), remote2())
+	b := slice("web", "web-b", remote1(), ep("10.244.2.4"))
+	// Slice c carries the UDP port under the same name "dns" and a TCP port
+	// "dns" that must not match the UDP service port.
+	c := slice("web", "web-c", ep("10.244.3.1"))
+	c.Ports = []discoveryv1.EndpointPort{
+		{Name: sptr("dns"), Port: i32ptr(5353), Protocol: protoPtr(corev1.ProtocolUDP)},
+		{Name: sptr("dns"), Port: i32ptr(9999), Protocol: protoPtr(corev1.ProtocolTCP)},
+	}
+	snap, problems := planOne(t, Objects{Services: []*corev1.Service{s}, Slices: []*discoveryv1.EndpointSlice{b, c, a}}, testConfig())
+	if len(problems) != 0 {
+		t.Fatalf("problems: %v", problems)
+	}
+	if len(snap.Services) != 2 {
+		t.Fatalf("got %d ports", len(snap.Services))
+	}
+	dns, http := snap.Services[0], snap.Services[1]
+	if dns.Name.Port != "dns" || dns.Protocol != proxier.UDP || http.Name.Port != "http" {
+		t.Fatalf("unexpected order/names: %v %v", dns.Name, http.Name)
+	}
+	if got := ips(http.ClusterEndpoints); got != "10.244.2.1:8080,10.244.2.3:8080,10.244.2.4:8080" {
+		t.Errorf("http endpoints = %s (the ready copy of a duplicate must win)", got)
+	}
+	if len(http.AllEndpoints) != 3 {
+		t.Errorf("duplicates not removed: %v", http.AllEndpoints)
+	}
+	if got := ips(dns.ClusterEndpoints); got != "10.244.3.1:5353" {
+		t.Errorf("dns endpoints = %s", got)
+	}
+}
+
+func TestAddressesAndAffinity(t *testing.T) {
+	lb := svc("lb", func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeLoadBalancer
+		s.Spec.Ports[0].NodePort = 31000
+		s.Spec.ExternalIPs = []string{"192.0.2.50"}
+		s.Spec.LoadBalancerSourceRanges = []string{" 203.0.113.0/24", "2001:db8::/64"}
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+		s.Spec.HealthCheckNodePort = 32000
+		s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+		proxy := corev1.LoadBalancerIPModeProxy
+		s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.51.100.7"}, {IP: "198.51.100.8", IPMode: &proxy}, {Hostname: "lb.example"}}
+	})
+	snap, problems := planOne(t, Objects{Services: []*corev1.Service{lb}}, testConfig())
+	if len(problems) != 0 {
+		t.Fatalf("problems: %v", problems)
+	}
+	sp := snap.Services[0]
+	if sp.NodePort != 31000 || sp.HealthCheckNodePort != 32000 || !sp.ExternalPolicyLocal {
+		t.Errorf("nodePort/hc/eTP wrong: %+v", sp)
+	}
+	if len(sp.ExternalIPs) != 1 || sp.ExternalIPs[0].String() != "192.0.2.50" {
+		t.Errorf("external IPs %v", sp.ExternalIPs)
+	}
+	if len(sp.LoadBalancerIPs) != 1 || sp.LoadBalancerIPs[0].String() != "198.51.100.7" {
+		t.Errorf("LB IPs %v (ipMode Proxy and hostnames must be skipped)", sp.LoadBalancerIPs)
+	}
+	if len(sp.LoadBalancerSourceRanges) != 1 || sp.LoadBalancerSourceRanges[0].String() != "203.0.113.0/24" {
+		t.Errorf("source ranges %v (only this family's)", sp.LoadBalancerSourceRanges)
+	}
+	if sp.Affinity.Timeout != 10800*time.Second {
+		t.Errorf("affinity timeout %v, want default 10800s", sp.Affinity.Timeout)
+	}
+	if sp.HasAnyEndpoints {
+		t.Errorf("no slices but HasAnyEndpoints")
+	}
+
+	// A custom timeout, and the legacy source-range annotation.
+	lb2 := lb.DeepCopy()
+	lb2.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: i32ptr(60)}}
+	lb2.Spec.LoadBalancerSourceRanges = nil
+	lb2.Annotations = map[string]string{AnnotationSourceRanges: "10.1.0.0/16, 10.2.0.0/16"}
+	snap, _ = planOne(t, Objects{Services: []*corev1.Service{lb2}}, testConfig())
+	sp = snap.Services[0]
+	if sp.Affinity.Timeout != time.Minute || len(sp.LoadBalancerSourceRanges) != 2 {
+		t.Errorf("timeout %v ranges %v", sp.Affinity.Timeout, sp.LoadBalancerSourceRanges)
+	}
+
+	// Health check ports only for LoadBalancer services with eTP Local.
+	npLocal := svc("np", nodePort(30001), etpLocal, func(s *corev1.Service) { s.Spec.HealthCheckNodePort = 32001 })
+	snap, _ = planOne(t, Objects{Services: []*corev1.Service{npLocal}}, testConfig())
+	if snap.Services[0].HealthCheckNodePort != 0 {
+		t.Errorf("NodePort service got a health check port")
+	}
+}
+
+func TestSkippedServices(t *testing.T) {
+	headless := svc("headless", clusterIPs("None"))
+	ext := svc("ext", func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeExternalName
+		s.Spec.ExternalName = "example.com"
+	})
+	snap, problems := planOne(t, Objects{Services: []*corev1.Service{headless, ext, svc("web")}}, testConfig())
+	if len(problems) != 0 {
+		t.Errorf("headless/ExternalName are not problems: %v", problems)
+	}
+	if len(snap.Services) != 1 || snap.Services[0].Name.Name != "web" {
+		t.Errorf("services: %v", snap.Services)
+	}
+}
+
+func TestDualStack(t *testing.T) {
+	s := svc("web", clusterIPs("fd00:96::10", "10.96.0.10"), func(s *corev1.Service) {
+		s.Spec.ExternalIPs = []string{"192.0.2.50", "2001:db8::50"}
+	})
+	v6 := &discoveryv1.EndpointSlice{
+		ObjectMeta:  slice("web", "web-v6").ObjectMeta,
+		AddressType: discoveryv1.AddressTypeIPv6,
+		Ports:       slice("web", "x").Ports,
+		Endpoints:   []discoveryv1.Endpoint{ep("fd00:244::1")},
+	}
+	cfg := testConfig()
+	cfg.Families = []proxier.IPFamily{proxier.IPv4, proxier.IPv6}
+	cfg.ClusterCIDRs = append(cfg.ClusterCIDRs, netip.MustParsePrefix("fd00:244::/64"))
+	snaps, problems := Plan(Objects{Services: []*corev1.Service{s}, Slices: []*discoveryv1.EndpointSlice{slice("web", "web-v4", remote1()), v6}}, cfg)
+	if len(problems) != 0 || len(snaps) != 2 {
+		t.Fatalf("problems %v, %d snaps", problems, len(snaps))
+	}
+	v4s, v6s := snaps[0], snaps[1]
+	if v4s.Family != proxier.IPv4 || v6s.Family != proxier.IPv6 {
+		t.Fatalf("family order %v %v", v4s.Family, v6s.Family)
+	}
+	if got := v4s.Services[0]; got.ClusterIP.String() != "10.96.0.10" || ips(got.ClusterEndpoints) != R1 || got.ExternalIPs[0].String() != "192.0.2.50" {
+		t.Errorf("v4 port wrong: %+v", got)
+	}
+	if got := v6s.Services[0]; got.ClusterIP.String() != "fd00:96::10" || ips(got.ClusterEndpoints) != "[fd00:244::1]:8080" || got.ExternalIPs[0].String() != "2001:db8::50" {
+		t.Errorf("v6 port wrong: %+v", got)
+	}
+	if len(v6s.Masquerade.ClusterCIDRs) != 1 || v6s.Masquerade.ClusterCIDRs[0].String() != "fd00:244::/64" {
+		t.Errorf("v6 cluster CIDRs %v", v6s.Masquerade.ClusterCIDRs)
+	}
+	// A single-stack IPv4 node plans only IPv4.
+	snaps, _ = Plan(Objects{Services: []*corev1.Service{s}}, testConfig())
+	if len(snaps) != 1 || len(snaps[0].Services) != 1 {
+		t.Errorf("v4-only plan: %d snaps", len(snaps))
+	}
+}
+
+func TestProblemsAreReportedOneByOne(t *testing.T) {
+	good := svc("good")
+	badIP := svc("bad-ip", clusterIPs("10.96.0.300"))
+	badPort := svc("bad-port", func(s *corev1.Service) {
+		s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.11", []string{"10.96.0.11"}
+		s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Name: "big", Port: 70000})
+	})
+	outOfRange := svc("np-range", clusterIPs("10.96.0.12"), nodePort(8080))
+	first := svc("np-first", clusterIPs("10.96.0.13"), nodePort(30500))
+	second := svc("np-second", clusterIPs("10.96.0.14"), nodePort(30500))
+	second.CreationTimestamp.Time = first.CreationTimestamp.Add(time.Hour)
+	wrongFamily := svc("wrong-family", clusterIPs("10.96.0.15"), func(s *corev1.Service) { s.Spec.ExternalIPs = []string{"2001:db8::1", "not-an-ip", "192.0.2.9"} })
+	badRange := svc("bad-range", clusterIPs("10.96.0.16"), func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeLoadBalancer
+		s.Spec.LoadBalancerSourceRanges = []string{"10.0.0.0/8", "garbage"}
+	})
+	orphan := slice("missing", "missing-1", remote1())
+	badSlice := slice("good", "good-1", ep("10.244.2.1"), ep("999.1.1.1"), ep("fd00::1"))
+	noLabel := slice("good", "nolabel")
+	noLabel.Labels = nil
+
+	snap, problems := planOne(t, Objects{
+		Services: []*corev1.Service{good, badIP, badPort, outOfRange, second, first, wrongFamily, badRange},
+		Slices:   []*discoveryv1.EndpointSlice{orphan, badSlice, noLabel},
+	}, testConfig())
+
+	want := map[string]string{
+		"Service default/bad-ip":          "not a valid IP address; service skipped",
+		"Service default/bad-port":        `port "big": port 70000 out of range`,
+		"Service default/np-range":        "nodePort 8080 outside the node port range 30000-32767",
+		"Service default/np-second":       "nodePort 30500/TCP is already used by service default/np-first",
+		"Service default/wrong-family":    "address 2001:db8::1 is not in the service's IP families",
+		"Service default/bad-range":       `"garbage" is not a CIDR; service skipped`,
+		"EndpointSlice default/missing-1": "service default/missing does not exist",
+		"EndpointSlice default/good-1":    `"999.1.1.1" is not a valid IP address`,
+		"EndpointSlice default/nolabel":   "no kubernetes.io/service-name label",
+	}
+	for obj, reason := range want {
+		found := false
+		for _, p := range problems {
+			if p.Kind+" "+p.Object == obj && strings.Contains(p.Reason, reason) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no problem %q for %s in:\n%v", reason, obj, problems)
+		}
+	}
+	// Everything valid still planned.
+	got := map[string]bool{}
+	for _, sp := range snap.Services {
+		got[sp.Name.String()] = true
+	}
+	for _, name := range []string{"default/good:http", "default/bad-port:http", "default/np-first:http", "default/wrong-family:http"} {
+		if !got[name] {
+			t.Errorf("%s missing from plan %v", name, got)
+		}
+	}
+	for _, name := range []string{"default/bad-ip:http", "default/np-range:http", "default/np-second:http", "default/bad-range:http", "default/bad-port:big"} {
+		if got[name] {
+			t.Errorf("%s planned but should be rejected", name)
+		}
+	}
+	if sp := snap.Lookup(proxier.ServicePortName{Namespace: "default", Name: "good", Port: "http", Protocol: proxier.TCP}); sp == nil || ips(sp.ClusterEndpoints) != R1 {
+		t.Errorf("good service endpoints wrong: %+v", sp)
+	}
+	if sp := snap.Lookup(proxier.ServicePortName{Namespace: "default", Name: "wrong-family", Port: "http", Protocol: proxier.TCP}); sp == nil || len(sp.ExternalIPs) != 1 || sp.ExternalIPs[0].String() != "192.0.2.9" {
+		t.Errorf("wrong-family keeps its valid external IP only: %+v", sp)
+	}
+}
+
+func TestHostPorts(t *testing.T) {
+	pod := func(name, node, ip string, created int64, ports ...corev1.ContainerPort) *corev1.Pod {
+		p := &corev1.Pod{}
+		p.Namespace, p.Name = "default", name
+		p.CreationTimestamp.Time = time.Unix(created, 0)
+		p.Spec.NodeName = node
+		p.Status.PodIP = ip
+		p.Status.Phase = corev1.PodRunning
+		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: ports}}
+		return p
+	}
+	objs := Objects{Pods: []*corev1.Pod{
+		pod("web", testNode, "10.244.1.5", 1, corev1.ContainerPort{ContainerPort: 80, HostPort: 8080}, corev1.ContainerPort{ContainerPort: 53, HostPort: 5353, Protocol: corev1.ProtocolUDP}),
+		pod("clash", testNode, "10.244.1.6", 2, corev1.ContainerPort{ContainerPort: 80, HostPort: 8080}),
+		pod("elsewhere", "node-b", "10.244.2.5", 1, corev1.ContainerPort{ContainerPort: 80, HostPort: 9090}),
+		pod("pinned", testNode, "10.244.1.7", 3, corev1.ContainerPort{ContainerPort: 80, HostPort: 8081, HostIP: "10.0.0.10"}),
+		pod("pinned-clash", testNode, "10.244.1.8", 4, corev1.ContainerPort{ContainerPort: 80, HostPort: 8080, HostIP: "10.0.0.10"}),
+	}}
+	snap, problems := planOne(t, objs, testConfig())
+	if len(problems) != 2 || problems[0].Object != "default/clash" || problems[1].Object != "default/pinned-clash" {
+		t.Fatalf("problems %v", problems)
+	}
+	var got []string
+	for _, hp := range snap.HostPorts {
+		got = append(got, hp.Pod+" "+string(hp.Protocol)+" "+hp.HostIP.String()+":"+itoa(hp.HostPort)+"->"+hp.PodIP.String()+":"+itoa(hp.ContainerPort))
+	}
+	want := "default/web TCP invalid IP:8080->10.244.1.5:80|default/web UDP invalid IP:5353->10.244.1.5:53|default/pinned TCP 10.0.0.10:8081->10.244.1.7:80"
+	if strings.Join(got, "|") != want {
+		t.Errorf("host ports\n got %s\nwant %s", strings.Join(got, "|"), want)
+	}
+}
+
+func itoa(p uint16) string {
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), p).String()[len("0.0.0.0:"):]
+}

@@ -1,0 +1,379 @@
+// Package tracker keeps the objects the sources deliver, remembers which
+// services changed since the last sync, and plans incrementally: only the
+// services that changed are re-planned, the others reuse their cached plan.
+// The result is the same as planner.Plan over all objects.
+package tracker
+
+import (
+	"log/slog"
+	"net/netip"
+	"reflect"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/switchyard-proxy/switchyard/proxier"
+	"github.com/switchyard-proxy/switchyard/proxier/planner"
+)
+
+// AnnotationTriggerTime is set by the EndpointSlice controller to the time
+// of the change that caused the slice update.
+const AnnotationTriggerTime = "endpoints.kubernetes.io/last-change-trigger-time"
+
+// NodeResolver turns the Node object (nil when unknown) into what the
+// planner knows of this node: addresses and node-port addresses.
+type NodeResolver func(node *corev1.Node) planner.NodeInfo
+
+// Hooks are optional callbacks for the runner and metrics.
+type Hooks struct {
+	// OnChange is called after any change that needs a sync.
+	OnChange func()
+	// OnServiceChange and OnEndpointSliceChange count changes by kind.
+	OnServiceChange       func()
+	OnEndpointSliceChange func()
+	// OnSynced is called once, when the source delivered its initial state.
+	OnSynced func()
+}
+
+// Options configure a Tracker.
+type Options struct {
+	// Config is the planner configuration; Node and (unless Families is
+	// set) Families are filled from the resolver on every node change.
+	Config planner.Config
+	// ResolveNode computes node information; nil uses the node's name only.
+	ResolveNode NodeResolver
+	// Hooks are optional callbacks.
+	Hooks Hooks
+	// Log receives one line per newly found problem.
+	Log *slog.Logger
+}
+
+// Result is the outcome of one Plan call.
+type Result struct {
+	// Snapshots are the per-family plans, primary family first.
+	Snapshots []*proxier.Snapshot
+	// Problems lists every object part that could not be honoured.
+	Problems []planner.Problem
+	// TriggerTimes are the EndpointSlice change times this plan includes,
+	// for the network programming latency metric.
+	TriggerTimes []time.Time
+	// ServiceChanges and EndpointSliceChanges count the changes included.
+	ServiceChanges, EndpointSliceChanges int
+}
+
+// Tracker is a proxier.Sink that plans incrementally.
+type Tracker struct {
+	mu          sync.Mutex
+	opts        Options
+	cfg         planner.Config
+	services    map[string]*corev1.Service
+	slices      map[string]*discoveryv1.EndpointSlice
+	slicesBySvc map[string]map[string]*discoveryv1.EndpointSlice
+	node        *corev1.Node
+	pods        map[string]*corev1.Pod
+
+	dirty        map[string]bool
+	nodeDirty    bool
+	podsDirty    bool
+	triggerTimes []time.Time
+	svcChanges   int
+	epChanges    int
+
+	plans     map[string]*planner.ServicePlan
+	hostPorts map[proxier.IPFamily][]proxier.HostPort
+	hostProbs []planner.Problem
+	prev      map[proxier.IPFamily]map[proxier.ServicePortName]*proxier.ServicePort
+	logged    map[string]bool
+	planned   bool
+
+	synced     chan struct{}
+	syncedOnce sync.Once
+}
+
+var _ proxier.Sink = (*Tracker)(nil)
+
+// New returns an empty tracker.
+func New(opts Options) *Tracker {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	t := &Tracker{
+		opts:        opts,
+		cfg:         opts.Config,
+		services:    map[string]*corev1.Service{},
+		slices:      map[string]*discoveryv1.EndpointSlice{},
+		slicesBySvc: map[string]map[string]*discoveryv1.EndpointSlice{},
+		pods:        map[string]*corev1.Pod{},
+		dirty:       map[string]bool{},
+		plans:       map[string]*planner.ServicePlan{},
+		logged:      map[string]bool{},
+		nodeDirty:   true,
+		podsDirty:   true,
+		synced:      make(chan struct{}),
+	}
+	t.cfg.Defaults()
+	return t
+}
+
+// Synced is closed once the source has delivered its initial state.
+func (t *Tracker) Synced() <-chan struct{} { return t.synced }
+
+func key(ns, name string) string { return ns + "/" + name }
+
+func (t *Tracker) changed(hook func()) {
+	if hook != nil {
+		hook()
+	}
+	if t.opts.Hooks.OnChange != nil {
+		t.opts.Hooks.OnChange()
+	}
+}
+
+// OnService implements proxier.Sink.
+func (t *Tracker) OnService(svc *corev1.Service, deleted bool) {
+	k := key(svc.Namespace, svc.Name)
+	t.mu.Lock()
+	if deleted {
+		delete(t.services, k)
+	} else {
+		t.services[k] = svc
+	}
+	t.dirty[k] = true
+	t.svcChanges++
+	t.mu.Unlock()
+	t.changed(t.opts.Hooks.OnServiceChange)
+}
+
+// OnEndpointSlice implements proxier.Sink.
+func (t *Tracker) OnEndpointSlice(sl *discoveryv1.EndpointSlice, deleted bool) {
+	k := key(sl.Namespace, sl.Name)
+	t.mu.Lock()
+	// The slice's old service (if its label changed) and new one are dirty.
+	if old := t.slices[k]; old != nil {
+		if svcKey, p := planner.SliceServiceKey(old); p == nil {
+			delete(t.slicesBySvc[svcKey], k)
+			t.dirty[svcKey] = true
+		}
+	}
+	delete(t.slices, k)
+	if !deleted {
+		t.slices[k] = sl
+		if svcKey, p := planner.SliceServiceKey(sl); p == nil {
+			m := t.slicesBySvc[svcKey]
+			if m == nil {
+				m = map[string]*discoveryv1.EndpointSlice{}
+				t.slicesBySvc[svcKey] = m
+			}
+			m[k] = sl
+			t.dirty[svcKey] = true
+		}
+		if ts, err := time.Parse(time.RFC3339, sl.Annotations[AnnotationTriggerTime]); err == nil {
+			t.triggerTimes = append(t.triggerTimes, ts)
+		}
+	}
+	t.epChanges++
+	t.mu.Unlock()
+	t.changed(t.opts.Hooks.OnEndpointSliceChange)
+}
+
+// OnNode implements proxier.Sink.
+func (t *Tracker) OnNode(node *corev1.Node, deleted bool) {
+	t.mu.Lock()
+	if deleted {
+		t.node = nil
+	} else {
+		t.node = node
+	}
+	t.nodeDirty = true
+	t.mu.Unlock()
+	t.changed(nil)
+}
+
+// OnPod implements proxier.Sink.
+func (t *Tracker) OnPod(pod *corev1.Pod, deleted bool) {
+	k := key(pod.Namespace, pod.Name)
+	t.mu.Lock()
+	if deleted {
+		delete(t.pods, k)
+	} else {
+		t.pods[k] = pod
+	}
+	t.podsDirty = true
+	t.mu.Unlock()
+	t.changed(nil)
+}
+
+// OnSynced implements proxier.Sink.
+func (t *Tracker) OnSynced() {
+	t.syncedOnce.Do(func() {
+		close(t.synced)
+		if t.opts.Hooks.OnSynced != nil {
+			t.opts.Hooks.OnSynced()
+		}
+	})
+}
+
+// Node returns the last Node object delivered, or nil.
+func (t *Tracker) Node() *corev1.Node {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.node
+}
+
+// Plan re-plans the services that changed since the last call and returns
+// the snapshots. full marks every snapshot FullSync (the runner asks for it
+// on the first sync, after a failure and periodically); a node change also
+// makes the plan full, since node addresses touch every service.
+func (t *Tracker) Plan(full bool) Result {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+
+	nodeChanged := false
+	if t.nodeDirty {
+		t.nodeDirty = false
+		info := planner.NodeInfo{}
+		if t.opts.ResolveNode != nil {
+			info = t.opts.ResolveNode(t.node)
+		}
+		if info.Name == "" {
+			info.Name = t.opts.Config.Node.Name
+		}
+		if info.Zone == "" && t.node != nil {
+			info.Zone = t.node.Labels[planner.LabelZone]
+		}
+		fams := t.opts.Config.Families
+		if len(fams) == 0 {
+			fams = familiesOf(info.IPs)
+		}
+		if !reflect.DeepEqual(info, t.cfg.Node) || !reflect.DeepEqual(fams, t.cfg.Families) || !t.planned {
+			t.cfg.Node = info
+			t.cfg.Families = fams
+			nodeChanged = true
+		}
+	}
+	if nodeChanged {
+		for k := range t.services {
+			t.dirty[k] = true
+		}
+		for k := range t.plans {
+			t.dirty[k] = true
+		}
+		t.podsDirty = true
+	}
+
+	for k := range t.dirty {
+		svc := t.services[k]
+		if svc == nil {
+			delete(t.plans, k)
+			continue
+		}
+		slices := make([]*discoveryv1.EndpointSlice, 0, len(t.slicesBySvc[k]))
+		for _, sl := range t.slicesBySvc[k] {
+			slices = append(slices, sl)
+		}
+		t.plans[k] = planner.PlanService(svc, slices, &t.cfg)
+	}
+	clear(t.dirty)
+
+	if t.podsDirty {
+		t.podsDirty = false
+		pods := make([]*corev1.Pod, 0, len(t.pods))
+		for _, p := range t.pods {
+			pods = append(pods, p)
+		}
+		t.hostPorts, t.hostProbs = planner.HostPorts(pods, &t.cfg)
+	}
+
+	plans := make([]*planner.ServicePlan, 0, len(t.plans))
+	for _, p := range t.plans {
+		plans = append(plans, p)
+	}
+	snaps, problems := planner.Assemble(plans, &t.cfg)
+	for _, p := range plans {
+		problems = append(problems, p.Problems...)
+	}
+	problems = append(problems, t.hostProbs...)
+	for k, sl := range t.slices {
+		svcKey, p := planner.SliceServiceKey(sl)
+		if p != nil {
+			problems = append(problems, *p)
+		} else if t.services[svcKey] == nil {
+			problems = append(problems, planner.Problem{Kind: "EndpointSlice", Object: k,
+				Reason: "service " + svcKey + " does not exist; slice ignored"})
+		}
+	}
+	t.logProblems(problems)
+
+	full = full || nodeChanged || !t.planned
+	next := make(map[proxier.IPFamily]map[proxier.ServicePortName]*proxier.ServicePort, len(snaps))
+	for _, snap := range snaps {
+		snap.HostPorts = t.hostPorts[snap.Family]
+		cur := make(map[proxier.ServicePortName]*proxier.ServicePort, len(snap.Services))
+		for _, sp := range snap.Services {
+			cur[sp.Name] = sp
+		}
+		next[snap.Family] = cur
+		if full {
+			snap.FullSync = true
+			continue
+		}
+		snap.Changed = diff(t.prev[snap.Family], cur)
+	}
+	t.prev = next
+	t.planned = true
+
+	res := Result{Snapshots: snaps, Problems: problems, TriggerTimes: t.triggerTimes,
+		ServiceChanges: t.svcChanges, EndpointSliceChanges: t.epChanges}
+	t.triggerTimes, t.svcChanges, t.epChanges = nil, 0, 0
+	return res
+}
+
+// diff returns the names of the service ports that were added, removed or
+// changed between two plans. Unchanged services share their *ServicePort
+// with the previous plan, so most comparisons are pointer comparisons.
+func diff(prev, cur map[proxier.ServicePortName]*proxier.ServicePort) map[proxier.ServicePortName]bool {
+	changed := map[proxier.ServicePortName]bool{}
+	for name, sp := range cur {
+		old, ok := prev[name]
+		if !ok || (old != sp && !reflect.DeepEqual(old, sp)) {
+			changed[name] = true
+		}
+	}
+	for name := range prev {
+		if _, ok := cur[name]; !ok {
+			changed[name] = true
+		}
+	}
+	return changed
+}
+
+// logProblems logs each problem once, when it first appears.
+func (t *Tracker) logProblems(problems []planner.Problem) {
+	now := make(map[string]bool, len(problems))
+	for _, p := range problems {
+		s := p.String()
+		now[s] = true
+		if !t.logged[s] {
+			t.opts.Log.Warn("object not honoured", "kind", p.Kind, "object", p.Object, "reason", p.Reason)
+		}
+	}
+	t.logged = now
+}
+
+// familiesOf returns the families of addrs, primary (first) first; IPv4
+// alone when addrs is empty.
+func familiesOf(addrs []netip.Addr) []proxier.IPFamily {
+	var fams []proxier.IPFamily
+	for _, a := range addrs {
+		f := proxier.FamilyOf(a)
+		if len(fams) == 0 || (len(fams) == 1 && fams[0] != f) {
+			fams = append(fams, f)
+		}
+	}
+	if len(fams) == 0 {
+		fams = []proxier.IPFamily{proxier.IPv4}
+	}
+	return fams
+}
