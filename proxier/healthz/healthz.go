@@ -1,0 +1,197 @@
+// Package healthz is switchyard's proxier health server, with kube-proxy's
+// semantics: /healthz and /livez answer 200 unless an update was queued
+// more than the health timeout ago (kube-proxy uses 2 × sync-period) and no
+// sync has succeeded since. /healthz also answers 503 while this node is
+// being deleted or carries the cluster autoscaler's ToBeDeletedByClusterAutoscaler
+// taint, so load balancers drain it; /livez ignores the node.
+//
+// The body is JSON: {"lastUpdated": ..., "currentTime": ..., "nodeEligible": ...}
+// (nodeEligible on /healthz only). Times are formatted as Go's
+// time.Time.String(), as kube-proxy prints them. As in kube-proxy,
+// lastUpdated equals currentTime while healthy.
+package healthz
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// ToBeDeletedTaint is the taint key the cluster autoscaler puts on a node
+// it is about to delete.
+const ToBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+
+// ProbeRecorder counts the answers of the two endpoints
+// (metrics.Metrics implements it).
+type ProbeRecorder interface {
+	// HealthzProbe records the status code /healthz answered.
+	HealthzProbe(code int)
+	// LivezProbe records the status code /livez answered.
+	LivezProbe(code int)
+}
+
+// Option customises a Server.
+type Option func(*Server)
+
+// WithClock makes the server read the time from now.
+func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
+
+// WithProbeRecorder makes the server report every answer to r.
+func WithProbeRecorder(r ProbeRecorder) Option { return func(s *Server) { s.probes = r } }
+
+// Server tracks the proxier's health and serves it over HTTP. Its methods
+// are safe for concurrent use.
+type Server struct {
+	timeout time.Duration
+	now     func() time.Time
+	probes  ProbeRecorder
+
+	mu           sync.Mutex
+	lastUpdated  time.Time
+	oldestQueued time.Time // zero: nothing queued
+	nodeEligible bool
+}
+
+// New returns a server that turns unhealthy when a queued update waits
+// longer than healthTimeout.
+func New(healthTimeout time.Duration, opts ...Option) *Server {
+	s := &Server{timeout: healthTimeout, now: time.Now, nodeEligible: true}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// QueuedUpdate records that a change is waiting to be synced. Only the
+// oldest waiting change counts.
+func (s *Server) QueuedUpdate() {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.oldestQueued.IsZero() {
+		s.oldestQueued = now
+	}
+}
+
+// Updated records a successful sync: nothing is waiting any more.
+func (s *Server) Updated() {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.oldestQueued = time.Time{}
+	s.lastUpdated = now
+}
+
+// SetNode records this node's state: it is ineligible (and /healthz
+// answers 503) while it has a deletion timestamp or the ToBeDeletedTaint.
+// A nil node (deleted) is ineligible too. Until SetNode is first called the
+// node counts as eligible.
+func (s *Server) SetNode(node *corev1.Node) {
+	eligible := node != nil && node.DeletionTimestamp.IsZero()
+	if eligible {
+		for _, t := range node.Spec.Taints {
+			if t.Key == ToBeDeletedTaint {
+				eligible = false
+				break
+			}
+		}
+	}
+	s.mu.Lock()
+	s.nodeEligible = eligible
+	s.mu.Unlock()
+}
+
+// Healthy reports the proxier's health alone, ignoring the node: the
+// answer /livez gives. Health-check node-port servers use it.
+func (s *Server) Healthy() bool {
+	healthy, _, _, _ := s.state()
+	return healthy
+}
+
+func (s *Server) state() (healthy bool, lastUpdated, now time.Time, eligible bool) {
+	now = s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	healthy = s.oldestQueued.IsZero() || now.Sub(s.oldestQueued) < s.timeout
+	return healthy, s.lastUpdated, now, s.nodeEligible
+}
+
+// Handler returns the HTTP handler serving /healthz and /livez.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { s.serve(w, true) })
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { s.serve(w, false) })
+	return mux
+}
+
+type body struct {
+	LastUpdated  string `json:"lastUpdated"`
+	CurrentTime  string `json:"currentTime"`
+	NodeEligible *bool  `json:"nodeEligible,omitempty"`
+}
+
+func (s *Server) serve(w http.ResponseWriter, withNode bool) {
+	healthy, lastUpdated, now, eligible := s.state()
+	b := body{CurrentTime: now.Round(0).String()}
+	if withNode {
+		healthy = healthy && eligible
+		b.NodeEligible = &eligible
+	}
+	code := http.StatusServiceUnavailable
+	if healthy {
+		code = http.StatusOK
+		// kube-proxy reports "now" while healthy, for compatibility with
+		// releases where lastUpdated meant "last time the loop ran".
+		lastUpdated = now
+	}
+	b.LastUpdated = lastUpdated.Round(0).String()
+	if s.probes != nil {
+		if withNode {
+			s.probes.HealthzProbe(code)
+		} else {
+			s.probes.LivezProbe(code)
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(b)
+}
+
+// ListenAndServe serves Handler on addr until ctx ends.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("healthz: listening on %s: %w", addr, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves Handler on ln until ctx ends, then shuts down gracefully.
+// It closes ln.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("healthz: serving on %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		return fmt.Errorf("healthz: shutting down: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("healthz: serving on %s: %w", ln.Addr(), err)
+	}
+	return nil
+}
