@@ -53,9 +53,25 @@ func restoreError(tool string, input, stderr []byte, err error) *RestoreError {
 		if n >= 1 && n <= len(lines) {
 			e.Text = string(lines[n-1])
 		}
+		// iptables-nft finds missing jump targets only at COMMIT: point at
+		// the first rule of that table that names the chain instead.
+		if e.Text == "COMMIT" {
+			if cm := chainRE.FindSubmatch(stderr); cm != nil {
+				target := " " + string(cm[1])
+				for i := n - 2; i >= 0 && !bytes.HasPrefix(lines[i], []byte("*")); i-- {
+					l := lines[i]
+					if bytes.HasSuffix(l, []byte(target)) || bytes.Contains(l, []byte(target+" ")) {
+						e.Line, e.Text = i+1, string(l)
+					}
+				}
+			}
+		}
 	}
 	return e
 }
+
+// chainRE finds the chain iptables-nft names in "Chain 'X' does not exist".
+var chainRE = regexp.MustCompile(`Chain '([^']+)'`)
 
 func trim(b []byte) string {
 	s := strings.TrimSpace(string(b))
