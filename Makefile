@@ -1,0 +1,50 @@
+# switchyard's build, test and demo entry points. Every target installs what
+# it needs (Debian packages through apt-get, Go modules through the module
+# proxy), so a fresh machine needs only Go, make and root.
+
+GO        ?= go
+BIN       := bin
+PKGS      := ./...
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+APT_PKGS  := iptables nftables ipset ipvsadm conntrack iproute2
+# Test timeout per package run; make test as a whole stays under 25 minutes.
+TEST_TIMEOUT ?= 15m
+
+.PHONY: all build deps test unit lint demo clean
+
+all: build
+
+## deps: install the kernel tools the tests and the demo drive, and the Go modules.
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo ">> installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(GO) mod download
+
+## build: the switchyard binary in bin/.
+build:
+	$(GO) build -o $(BIN)/switchyard ./cmd/switchyard
+
+## test: everything CI runs: lint, unit tests, real-kernel tests in network namespaces.
+test: deps lint
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+
+## unit: the tests without the lint step.
+unit:
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+
+## lint: gofmt, go vet and staticcheck must be clean.
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) run $(STATICCHECK) $(PKGS)
+
+## demo: build everything and show switchyard balancing real traffic.
+demo: deps build
+	bash test/demo/demo.sh
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,213 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"reflect"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/switchyard-proxy/switchyard/nodeport"
+	"github.com/switchyard-proxy/switchyard/proxier"
+	"github.com/switchyard-proxy/switchyard/proxier/runner"
+	"github.com/switchyard-proxy/switchyard/proxier/source/informers"
+	"github.com/switchyard-proxy/switchyard/proxier/source/manifests"
+	"github.com/switchyard-proxy/switchyard/proxier/tracker"
+)
+
+// runProxy is the daemon: sources feed the tracker, the runner plans and
+// syncs the backend, and the health, metrics and health-check node-port
+// servers report on it.
+func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) error {
+	backend, err := newBackend(o, log)
+	if err != nil {
+		return err
+	}
+	if o.Cleanup {
+		if err := backend.Cleanup(ctx); err != nil {
+			return fmt.Errorf("cleanup of %s mode: %w", backend.Name(), err)
+		}
+		log.Info("cleanup done", "mode", backend.Name())
+		return nil
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	obs, err := newObservers(ctx, o, log)
+	if err != nil {
+		return err
+	}
+
+	var r *runner.Runner
+	tr := tracker.New(tracker.Options{
+		Config:      plannerConfig(o, s),
+		ResolveNode: nodeResolver(s, localAddresses(log), log),
+		Log:         log,
+		Hooks: tracker.Hooks{
+			OnChange:              func() { r.Trigger() },
+			OnServiceChange:       obs.serviceChanged,
+			OnEndpointSliceChange: obs.endpointSliceChanged,
+		},
+	})
+	hc := &healthChecks{healthy: obs.healthy, log: log}
+	defer hc.close()
+
+	syncFn := func(ctx context.Context, full bool) (proxier.SyncResult, error) {
+		obs.setNode(tr.Node())
+		plan := tr.Plan(full)
+		obs.planned(plan)
+		res, err := backend.Sync(ctx, plan.Snapshots)
+		if err != nil {
+			// The changes in this plan were not programmed; the runner's
+			// next attempt is full, so nothing is lost.
+			return res, err
+		}
+		obs.programmed(plan)
+		hc.sync(plan.Snapshots)
+		return res, nil
+	}
+	r = runner.New(runner.Config{MinSyncPeriod: o.MinSyncPeriod, SyncPeriod: o.SyncPeriod, MaxBackoff: o.SyncPeriod},
+		syncFn, append(obs.runnerOptions(), runner.WithLogger(log))...)
+
+	srcErr := make(chan error, 1)
+	go func() { srcErr <- runSource(ctx, o, s, tr, log) }()
+
+	// Wait for the source's initial state: a restart must never program a
+	// partial view of the cluster.
+	select {
+	case <-tr.Synced():
+	case err := <-srcErr:
+		if err == nil {
+			err = errors.New("source stopped before its initial sync")
+		}
+		return err
+	case <-ctx.Done():
+		return nil
+	}
+	r.Ready()
+	log.Info("initial state received; syncing", "mode", backend.Name(), "node", s.nodeName)
+
+	if o.Once {
+		start := time.Now()
+		if err := r.SyncOnce(ctx); err != nil {
+			return exitError{1, fmt.Errorf("sync failed: %w", err)}
+		}
+		log.Info("synced once", "took", time.Since(start).Round(time.Millisecond))
+		return nil
+	}
+
+	runErr := make(chan error, 1)
+	go func() { runErr <- r.Run(ctx) }()
+	select {
+	case err := <-srcErr:
+		cancel()
+		<-runErr
+		if err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		return nil
+	case err := <-runErr:
+		cancel()
+		return err
+	case <-ctx.Done():
+		<-runErr
+		log.Info("shutting down; rules stay in place")
+		return nil
+	}
+}
+
+// runSource runs the manifest folder or the informers until ctx ends.
+func runSource(ctx context.Context, o *Options, s *settings, sink proxier.Sink, log *slog.Logger) error {
+	if o.Manifests != "" {
+		return manifests.New(o.Manifests, s.nodeName, o.ServiceProxyName, sink, log).Run(ctx)
+	}
+	cfg, err := restConfig(o)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("creating API client: %w", err)
+	}
+	return informers.Run(ctx, client, s.nodeName, o.ServiceProxyName, sink, log)
+}
+
+// restConfig follows kube-proxy: --kubeconfig and --master if given, else
+// the in-cluster service account.
+func restConfig(o *Options) (*rest.Config, error) {
+	if o.Kubeconfig == "" && o.Master == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no --kubeconfig, --master or --manifests, and not in a cluster: %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags(o.Master, o.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	cfg.UserAgent = "switchyard/" + Version
+	return cfg, nil
+}
+
+// localAddresses returns the addresses --nodeport-addresses CIDRs are
+// matched against: this network namespace's interface addresses.
+func localAddresses(log *slog.Logger) func([]netip.Addr) []netip.Addr {
+	return func(nodeIPs []netip.Addr) []netip.Addr {
+		addrs, err := nodeport.LocalAddresses()
+		if err != nil {
+			log.Warn("cannot list local addresses; matching node IPs only", "err", err)
+			return nodeIPs
+		}
+		return addrs
+	}
+}
+
+// healthChecks keeps the health-check node-port servers in step with the
+// snapshots, re-creating them when the node-port addresses change.
+type healthChecks struct {
+	mu      sync.Mutex
+	healthy func() bool
+	log     *slog.Logger
+	addrs   []proxier.NodePortAddresses
+	servers *nodeport.Servers
+}
+
+func (h *healthChecks) sync(snaps []*proxier.Snapshot) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var addrs []proxier.NodePortAddresses
+	for _, snap := range snaps {
+		addrs = append(addrs, snap.NodePortAddresses)
+	}
+	if h.servers != nil && !reflect.DeepEqual(addrs, h.addrs) {
+		h.servers.Close()
+		h.servers = nil
+	}
+	services := nodeport.HealthCheckServices(snaps)
+	if h.servers == nil {
+		if len(services) == 0 {
+			return
+		}
+		h.servers, h.addrs = nodeport.NewServers(addrs, h.healthy), addrs
+	}
+	if err := h.servers.Sync(services); err != nil {
+		h.log.Warn("health check node ports", "err", err)
+	}
+}
+
+func (h *healthChecks) close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.servers != nil {
+		h.servers.Close()
+	}
+}
