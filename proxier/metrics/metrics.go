@@ -1,0 +1,355 @@
+// Package metrics holds switchyard's Prometheus metrics, named and labelled
+// as kube-proxy's so existing dashboards and alerts keep working, plus a few
+// switchyard_ ones. Everything lives in the Metrics' own registry (never the
+// global one), served by Handler on --metrics-bind-address with /metrics,
+// /proxyMode and /healthz, as kube-proxy does.
+//
+// switchyard syncs every IP family in one Backend.Sync call, while kube-proxy
+// runs one proxier per family. Metrics labelled ip_family therefore record
+// the same sync once per family the node runs (the families given to New),
+// except kubeproxy_network_programming_duration_seconds, which the caller
+// reports per family.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/switchyard-proxy/switchyard/proxier"
+)
+
+const (
+	ns = "kubeproxy"
+	// LastChangeTriggerTimeAnnotation is the EndpointSlice annotation the
+	// endpoints controller sets to the time of the change that caused it.
+	LastChangeTriggerTimeAnnotation = "endpoints.kubernetes.io/last-change-trigger-time"
+)
+
+// SyncBuckets are kube-proxy's sync duration buckets: 1ms doubling 15 times.
+var SyncBuckets = prometheus.ExponentialBuckets(0.001, 2, 15)
+
+// NetworkProgrammingBuckets are kube-proxy's network programming latency
+// buckets: 0, 0.25s, 0.5s, 1s…59s, 60s…115s by 5s, 2min…5min by 30s.
+var NetworkProgrammingBuckets = mergeBuckets(
+	prometheus.LinearBuckets(0.25, 0.25, 2),
+	prometheus.LinearBuckets(1, 1, 59),
+	prometheus.LinearBuckets(60, 5, 12),
+	prometheus.LinearBuckets(120, 30, 7),
+)
+
+func mergeBuckets(parts ...[]float64) []float64 {
+	out := []float64{0}
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// Metrics records what the proxy does. Its methods are safe for concurrent
+// use. It implements runner.MetricsRecorder and healthz.ProbeRecorder.
+type Metrics struct {
+	reg      *prometheus.Registry
+	mode     string
+	families []string
+	start    time.Time
+
+	syncDuration        *prometheus.HistogramVec
+	syncFullDuration    *prometheus.HistogramVec
+	syncPartialDuration *prometheus.HistogramVec
+	networkProgramming  *prometheus.HistogramVec
+	lastSync            *prometheus.GaugeVec
+	lastQueued          *prometheus.GaugeVec
+	endpointPending     prometheus.Gauge
+	endpointTotal       prometheus.Counter
+	servicePending      prometheus.Gauge
+	serviceTotal        prometheus.Counter
+	modeFailures        *prometheus.CounterVec // nil when the mode has none
+	noLocalEndpoints    *prometheus.GaugeVec
+	healthzTotal        *prometheus.CounterVec
+	livezTotal          *prometheus.CounterVec
+
+	syncFailures *prometheus.CounterVec
+	syncs        *prometheus.CounterVec
+	lastBytes    prometheus.Gauge
+	lastRules    prometheus.Gauge
+}
+
+// New returns metrics for the given proxy mode ("iptables", "ipvs",
+// "nftables") on a node running the given IP families, in a fresh registry
+// that also holds the Go runtime and process collectors.
+func New(mode string, families ...proxier.IPFamily) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry(), mode: mode, start: time.Now()}
+	for _, f := range families {
+		m.families = append(m.families, f.String())
+	}
+	fam := []string{"ip_family"}
+	hist := func(name, help string, buckets []float64) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: name, Help: help, Buckets: buckets}, fam)
+	}
+	m.syncDuration = hist("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", SyncBuckets)
+	m.syncFullDuration = hist("sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs", SyncBuckets)
+	m.syncPartialDuration = hist("sync_partial_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for partial resyncs", SyncBuckets)
+	m.networkProgramming = hist("network_programming_duration_seconds", "In Cluster Network Programming Latency in seconds", NetworkProgrammingBuckets)
+	m.lastSync = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_timestamp_seconds",
+		Help: "The last time proxy rules were successfully synced"}, fam)
+	m.lastQueued = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_queued_timestamp_seconds",
+		Help: "The last time a sync of proxy rules was queued"}, fam)
+	m.endpointPending = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_endpoint_changes_pending",
+		Help: "Pending proxy rules Endpoint changes"})
+	m.endpointTotal = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_endpoint_changes_total",
+		Help: "Cumulative proxy rules Endpoint changes"})
+	m.servicePending = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_service_changes_pending",
+		Help: "Pending proxy rules Service changes"})
+	m.serviceTotal = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_service_changes_total",
+		Help: "Cumulative proxy rules Service changes"})
+	m.noLocalEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_no_local_endpoints_total",
+		Help: "Number of services with a Local traffic policy and no endpoints"}, []string{"ip_family", "traffic_policy"})
+	m.healthzTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_healthz_total",
+		Help: "Cumulative proxy healthz HTTP status"}, []string{"code"})
+	m.livezTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_livez_total",
+		Help: "Cumulative proxy livez HTTP status"}, []string{"code"})
+	switch mode {
+	case "iptables", "ipvs":
+		m.modeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_iptables_restore_failures_total",
+			Help: "Cumulative proxy iptables restore failures"}, fam)
+	case "nftables":
+		m.modeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_nftables_sync_failures_total",
+			Help: "Cumulative proxy nftables sync failures"}, fam)
+	}
+
+	m.syncFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "sync_proxy_rules_failures_total",
+		Help: "Cumulative failed syncs of proxy rules, in any mode"}, []string{"sync_type"})
+	m.syncs = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "syncs_total",
+		Help: "Cumulative syncs of proxy rules by type (full, partial) and result (success, failure)"}, []string{"sync_type", "result"})
+	m.lastBytes = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "switchyard", Name: "sync_proxy_rules_last_written_bytes",
+		Help: "Bytes written to the kernel by the last successful sync (0 when it wrote nothing)"})
+	m.lastRules = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "switchyard", Name: "sync_proxy_rules_last_written_rules",
+		Help: "Rules, virtual servers or elements written by the last successful sync (0 when it wrote nothing)"})
+
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.syncDuration, m.syncFullDuration, m.syncPartialDuration, m.networkProgramming,
+		m.lastSync, m.lastQueued, m.endpointPending, m.endpointTotal, m.servicePending, m.serviceTotal,
+		m.noLocalEndpoints, m.healthzTotal, m.livezTotal,
+		m.syncFailures, m.syncs, m.lastBytes, m.lastRules,
+	)
+	if m.modeFailures != nil {
+		m.reg.MustRegister(m.modeFailures)
+	}
+	// Make the per-family series exist from the start, as kube-proxy's do.
+	for _, f := range m.families {
+		for _, v := range []*prometheus.HistogramVec{m.syncDuration, m.syncFullDuration, m.syncPartialDuration, m.networkProgramming} {
+			v.WithLabelValues(f)
+		}
+		m.lastSync.WithLabelValues(f)
+		m.lastQueued.WithLabelValues(f)
+		if m.modeFailures != nil {
+			m.modeFailures.WithLabelValues(f)
+		}
+	}
+	for _, t := range []string{"full", "partial"} {
+		m.syncFailures.WithLabelValues(t)
+	}
+	return m
+}
+
+// Registry returns the registry holding every metric.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Mode returns the proxy mode name given to New.
+func (m *Metrics) Mode() string { return m.mode }
+
+func syncType(full bool) string {
+	if full {
+		return "full"
+	}
+	return "partial"
+}
+
+// SyncQueued records that a sync was requested at the given time.
+func (m *Metrics) SyncQueued(at time.Time) {
+	for _, f := range m.families {
+		m.lastQueued.WithLabelValues(f).Set(seconds(at))
+	}
+}
+
+// SyncSucceeded records a successful sync: its duration (overall and as
+// full or partial), the time it finished and what it wrote.
+func (m *Metrics) SyncSucceeded(full bool, took time.Duration, res proxier.SyncResult, at time.Time) {
+	m.observeDuration(full, took)
+	for _, f := range m.families {
+		m.lastSync.WithLabelValues(f).Set(seconds(at))
+	}
+	m.syncs.WithLabelValues(syncType(full), "success").Inc()
+	bytes, rules := 0, 0
+	if res.Wrote {
+		bytes, rules = res.Bytes, res.Rules
+	}
+	m.lastBytes.Set(float64(bytes))
+	m.lastRules.Set(float64(rules))
+}
+
+// SyncFailed records a failed sync. As in kube-proxy, its duration is
+// observed too. The mode's kube-proxy failure counter
+// (…_iptables_restore_failures_total in iptables and ipvs modes,
+// …_nftables_sync_failures_total in nftables mode) counts every failed sync.
+func (m *Metrics) SyncFailed(full bool, took time.Duration) {
+	m.observeDuration(full, took)
+	m.syncs.WithLabelValues(syncType(full), "failure").Inc()
+	m.syncFailures.WithLabelValues(syncType(full)).Inc()
+	if m.modeFailures != nil {
+		for _, f := range m.families {
+			m.modeFailures.WithLabelValues(f).Inc()
+		}
+	}
+}
+
+func (m *Metrics) observeDuration(full bool, took time.Duration) {
+	s := took.Seconds()
+	byType := m.syncPartialDuration
+	if full {
+		byType = m.syncFullDuration
+	}
+	for _, f := range m.families {
+		m.syncDuration.WithLabelValues(f).Observe(s)
+		byType.WithLabelValues(f).Observe(s)
+	}
+}
+
+// ServiceChanged counts one Service change and sets how many service
+// changes are pending.
+func (m *Metrics) ServiceChanged(pending int) {
+	m.serviceTotal.Inc()
+	m.servicePending.Set(float64(pending))
+}
+
+// EndpointsChanged counts one EndpointSlice change and sets how many
+// endpoint changes are pending.
+func (m *Metrics) EndpointsChanged(pending int) {
+	m.endpointTotal.Inc()
+	m.endpointPending.Set(float64(pending))
+}
+
+// SetPending sets the pending service and endpoint changes (0, 0 after a
+// sync picked them up).
+func (m *Metrics) SetPending(services, endpoints int) {
+	m.servicePending.Set(float64(services))
+	m.endpointPending.Set(float64(endpoints))
+}
+
+// NetworkProgrammed observes, for a sync of family that succeeded at now,
+// the latency from each EndpointSlice change (its last-change-trigger-time)
+// to now. Like kube-proxy, it skips changes older than New, which a restart
+// would otherwise report as huge latencies.
+func (m *Metrics) NetworkProgrammed(family proxier.IPFamily, triggers []time.Time, now time.Time) {
+	h := m.networkProgramming.WithLabelValues(family.String())
+	for _, t := range triggers {
+		if t.IsZero() || t.Before(m.start) {
+			continue
+		}
+		h.Observe(now.Sub(t).Seconds())
+	}
+}
+
+// LastChangeTriggerTime parses an object's last-change-trigger-time
+// annotation; false when it is absent or malformed.
+func LastChangeTriggerTime(annotations map[string]string) (time.Time, bool) {
+	v, ok := annotations[LastChangeTriggerTimeAnnotation]
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return t, true
+}
+
+// ObserveSnapshots sets kubeproxy_sync_proxy_rules_no_local_endpoints_total
+// from the snapshots just synced: the service ports whose external or
+// internal traffic policy is Local but which have no local endpoint.
+func (m *Metrics) ObserveSnapshots(snaps []*proxier.Snapshot) {
+	for _, s := range snaps {
+		internal, external := 0, 0
+		for _, p := range s.Services {
+			if len(p.LocalEndpoints) > 0 {
+				continue
+			}
+			if p.InternalPolicyLocal {
+				internal++
+			}
+			if p.ExternalPolicyLocal {
+				external++
+			}
+		}
+		m.noLocalEndpoints.WithLabelValues(s.Family.String(), "internal").Set(float64(internal))
+		m.noLocalEndpoints.WithLabelValues(s.Family.String(), "external").Set(float64(external))
+	}
+}
+
+// HealthzProbe counts one /healthz answer.
+func (m *Metrics) HealthzProbe(code int) { m.healthzTotal.WithLabelValues(strconv.Itoa(code)).Inc() }
+
+// LivezProbe counts one /livez answer.
+func (m *Metrics) LivezProbe(code int) { m.livezTotal.WithLabelValues(strconv.Itoa(code)).Inc() }
+
+func seconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+
+// Handler returns the mux for --metrics-bind-address: /metrics (Prometheus
+// text), /proxyMode (the mode name as plain text) and /healthz ("ok", the
+// process is up).
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		_, _ = fmt.Fprint(w, m.mode)
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = fmt.Fprint(w, "ok")
+	})
+	return mux
+}
+
+// ListenAndServe serves Handler on addr until ctx ends.
+func (m *Metrics) ListenAndServe(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: listening on %s: %w", addr, err)
+	}
+	return m.Serve(ctx, ln)
+}
+
+// Serve serves Handler on ln until ctx ends, then shuts down gracefully.
+// It closes ln.
+func (m *Metrics) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("metrics: serving on %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		return fmt.Errorf("metrics: shutting down: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics: serving on %s: %w", ln.Addr(), err)
+	}
+	return nil
+}
