@@ -9,6 +9,13 @@
 // the same sync once per family the node runs (the families given to New),
 // except kubeproxy_network_programming_duration_seconds, which the caller
 // reports per family.
+//
+// Who calls what: the runner calls SyncQueued, SyncSucceeded and SyncFailed
+// (runner.MetricsRecorder); the health server calls HealthzProbe and
+// LivezProbe (healthz.ProbeRecorder); the change tracker calls
+// ServiceChanged, EndpointsChanged and SetPending; the runner's SyncFunc
+// calls NetworkProgrammed (with the LastChangeTriggerTime of the slices the
+// sync picked up) and ObserveSnapshots once Backend.Sync has succeeded.
 package metrics
 
 import (
