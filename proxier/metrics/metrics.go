@@ -91,10 +91,14 @@ type Metrics struct {
 }
 
 // New returns metrics for the given proxy mode ("iptables", "ipvs",
-// "nftables") on a node running the given IP families, in a fresh registry
-// that also holds the Go runtime and process collectors.
+// "nftables") on a node running the given IP families (IPv4 when none is
+// given), in a fresh registry that also holds the Go runtime and process
+// collectors.
 func New(mode string, families ...proxier.IPFamily) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry(), mode: mode, start: time.Now()}
+	if len(families) == 0 {
+		families = []proxier.IPFamily{proxier.IPv4}
+	}
 	for _, f := range families {
 		m.families = append(m.families, f.String())
 	}

@@ -333,6 +333,16 @@ func TestNoLocalEndpoints(t *testing.T) {
 	}
 }
 
+func TestNoFamiliesMeansIPv4(t *testing.T) {
+	m := New("iptables")
+	base := serve(t, m)
+	m.SyncSucceeded(false, time.Millisecond, proxier.SyncResult{}, time.Unix(1700000000, 0))
+	fams := scrape(t, base)
+	if n, _ := histCount(t, fams, "kubeproxy_sync_proxy_rules_duration_seconds", v4); n != 1 {
+		t.Fatalf("IPv4 sync observations = %d, want 1", n)
+	}
+}
+
 func TestProxyModeAndHealthz(t *testing.T) {
 	base := serve(t, New("ipvs", proxier.IPv4))
 	code, ct, body := fetch(t, base+"/proxyMode")
