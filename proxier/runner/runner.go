@@ -326,7 +326,11 @@ func (r *Runner) attempt(ctx context.Context, forceFull bool) error {
 	r.mu.Unlock()
 
 	if err != nil {
-		err = fmt.Errorf("sync (full=%v) failed: %w", full, err)
+		kind := "partial sync"
+		if full {
+			kind = "full sync"
+		}
+		err = fmt.Errorf("%s: %w", kind, err)
 		if ctx.Err() != nil {
 			// Shutting down: not a backend failure worth counting.
 			return err
