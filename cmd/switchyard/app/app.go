@@ -136,7 +136,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for _, p := range problems {
 			fmt.Fprintln(stderr, "warning:", p.String())
 		}
-		b, err := newBackend(o, log)
+		b, err := backendFactory(o, log)
 		if err != nil {
 			return err
 		}
@@ -161,6 +161,9 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
+
+// backendFactory builds backends; tests replace it with fakes.
+var backendFactory = newBackend
 
 // newBackend builds the backend of the chosen proxy mode.
 func newBackend(o *Options, log *slog.Logger) (proxier.Backend, error) {

@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/switchyard-proxy/switchyard/proxier"
 	"github.com/switchyard-proxy/switchyard/proxier/healthz"
 	"github.com/switchyard-proxy/switchyard/proxier/metrics"
 	"github.com/switchyard-proxy/switchyard/proxier/runner"

@@ -211,7 +211,9 @@ func setFields(prefix string, m map[string]any) []string {
 			}
 		case nil:
 		default:
-			if val != "" && val != false {
+			// Zero values (as kubeadm writes for every default) are not
+			// settings worth a warning.
+			if val != "" && val != false && val != float64(0) && val != "0s" {
 				out = append(out, path)
 			}
 		}

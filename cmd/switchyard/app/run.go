@@ -26,7 +26,7 @@ import (
 // syncs the backend, and the health, metrics and health-check node-port
 // servers report on it.
 func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) error {
-	backend, err := newBackend(o, log)
+	backend, err := backendFactory(o, log)
 	if err != nil {
 		return err
 	}
@@ -74,7 +74,11 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 		hc.sync(plan.Snapshots)
 		return res, nil
 	}
-	r = runner.New(runner.Config{MinSyncPeriod: o.MinSyncPeriod, SyncPeriod: o.SyncPeriod, MaxBackoff: o.SyncPeriod},
+	minSync := o.MinSyncPeriod
+	if minSync == 0 {
+		minSync = -1 // the runner reads 0 as "default"; the flag's 0 means no minimum
+	}
+	r = runner.New(runner.Config{MinSyncPeriod: minSync, SyncPeriod: o.SyncPeriod, MaxBackoff: o.SyncPeriod},
 		syncFn, append(obs.runnerOptions(), runner.WithLogger(log))...)
 
 	srcErr := make(chan error, 1)

@@ -1,0 +1,117 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/switchyard-proxy/switchyard/proxier"
+)
+
+// fakeBackend records syncs and fails when told to.
+type fakeBackend struct {
+	mu    sync.Mutex
+	fail  error
+	syncs [][]*proxier.Snapshot
+}
+
+func (f *fakeBackend) Name() string { return "fake" }
+func (f *fakeBackend) Sync(_ context.Context, snaps []*proxier.Snapshot) (proxier.SyncResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.syncs = append(f.syncs, snaps)
+	return proxier.SyncResult{Full: snaps[0].FullSync, Wrote: true}, f.fail
+}
+func (f *fakeBackend) Cleanup(context.Context) error { return nil }
+
+func useBackend(t *testing.T, b proxier.Backend) {
+	old := backendFactory
+	backendFactory = func(*Options, *slog.Logger) (proxier.Backend, error) { return b, nil }
+	t.Cleanup(func() { backendFactory = old })
+}
+
+func TestOnceExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "objects.yaml", demoObjects)
+	args := []string{"--manifests", dir, "--hostname-override", "node-a", "--once", "--healthz-bind-address", "", "--metrics-bind-address", ""}
+
+	ok := &fakeBackend{}
+	useBackend(t, ok)
+	code, _, stderr := runMain(t, args...)
+	if code != 0 {
+		t.Fatalf("successful --once exited %d: %s", code, stderr)
+	}
+	if len(ok.syncs) != 1 || !ok.syncs[0][0].FullSync {
+		t.Fatalf("want exactly one full sync, got %d", len(ok.syncs))
+	}
+	snap := ok.syncs[0][0]
+	if len(snap.Services) != 1 || snap.Services[0].Name.String() != "demo/web:http" || len(snap.Services[0].ClusterEndpoints) != 1 {
+		t.Errorf("the sync did not get the planned service: %+v", snap.Services)
+	}
+	if !strings.Contains(stderr, "demo/broken") {
+		t.Errorf("the broken service must be named in the log: %s", stderr)
+	}
+
+	bad := &fakeBackend{fail: errors.New("iptables-restore: line 7 failed")}
+	useBackend(t, bad)
+	code, _, stderr = runMain(t, args...)
+	if code != 1 {
+		t.Errorf("failed --once exited %d, want 1", code)
+	}
+	if !strings.Contains(stderr, "switchyard: sync failed: ") || !strings.Contains(stderr, "iptables-restore: line 7 failed") {
+		t.Errorf("no clear message: %s", stderr)
+	}
+}
+
+// TestOnceProgramsARealNamespace runs the real iptables backend, --once,
+// inside a network namespace the test creates.
+func TestOnceProgramsARealNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	ns := "swy-app-" + strings.ReplaceAll(t.Name()[len(t.Name())-6:], "/", "")
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	writeFile(t, dir, "objects.yaml", demoObjects)
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	common := []string{"--hostname-override", "node-a", "--healthz-bind-address", "", "--metrics-bind-address", ""}
+	if out, err := run(append([]string{"--manifests", dir, "--once"}, common...)...); err != nil {
+		t.Fatalf("--once failed: %v\n%s", err, out)
+	}
+	save, err := exec.Command("ip", "netns", "exec", ns, "iptables-save", "-t", "nat").CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(save), "--to-destination 10.244.0.11:8080") || !strings.Contains(string(save), `"demo/web:http`) {
+		t.Errorf("iptables-save lacks the service:\n%s", save)
+	}
+	if out, err := run(append([]string{"--cleanup"}, common...)...); err != nil {
+		t.Fatalf("--cleanup failed: %v\n%s", err, out)
+	}
+	save, _ = exec.Command("ip", "netns", "exec", ns, "iptables-save").CombinedOutput()
+	if strings.Contains(string(save), "SWY-") {
+		t.Errorf("--cleanup left SWY- rules:\n%s", save)
+	}
+}
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := t.TempDir() + "/switchyard"
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/switchyard-proxy/switchyard/cmd/switchyard").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
