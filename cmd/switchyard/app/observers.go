@@ -32,7 +32,7 @@ type observers struct {
 // disables one). They stop when ctx ends.
 func newObservers(ctx context.Context, o *Options, log *slog.Logger) (*observers, error) {
 	obs := &observers{
-		metrics: metrics.New(o.ProxyMode),
+		metrics: metrics.New(o.ProxyMode, proxier.IPv4, proxier.IPv6),
 		log:     log,
 	}
 	// Like kube-proxy: unhealthy when a queued update waits longer than
