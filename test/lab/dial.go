@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"syscall"
@@ -36,10 +37,16 @@ const DefaultDialTimeout = 1500 * time.Millisecond
 // inside ns (on a locked OS thread), so no process is forked. Errors wrap
 // ErrRefused, ErrTimeout or ErrUnreachable when they are one of those.
 func Dial(ns, proto, addr string, timeout time.Duration) (echo.Reply, error) {
+	return DialFrom(ns, netip.Addr{}, proto, addr, timeout)
+}
+
+// DialFrom is Dial with the source address bound to src (invalid src lets
+// the kernel choose).
+func DialFrom(ns string, src netip.Addr, proto, addr string, timeout time.Duration) (echo.Reply, error) {
 	if proto != "tcp" && proto != "udp" {
 		return echo.Reply{}, fmt.Errorf("dial %s %s: unsupported protocol", proto, addr)
 	}
-	conn, err := dialIn(ns, proto, addr, timeout)
+	conn, err := dialIn(ns, src, proto, addr, timeout)
 	if err != nil {
 		return echo.Reply{}, fmt.Errorf("dial %s %s from %s: %w", proto, addr, ns, classify(err))
 	}
@@ -84,7 +91,7 @@ func classify(err error) error {
 // dialIn creates the socket while the calling goroutine's OS thread is in
 // namespace ns. A socket stays in the namespace it was created in, so the
 // thread can return to its own namespace before the connection is used.
-func dialIn(ns, proto, addr string, timeout time.Duration) (net.Conn, error) {
+func dialIn(ns string, src netip.Addr, proto, addr string, timeout time.Duration) (net.Conn, error) {
 	target, err := netns.GetFromName(ns)
 	if err != nil {
 		return nil, fmt.Errorf("open namespace %s: %w", ns, err)
@@ -110,7 +117,15 @@ func dialIn(ns, proto, addr string, timeout time.Duration) (net.Conn, error) {
 			ch <- result{err: fmt.Errorf("enter namespace %s: %w", ns, err)}
 			return
 		}
-		c, derr := (&net.Dialer{Timeout: timeout}).Dial(proto, addr)
+		d := &net.Dialer{Timeout: timeout}
+		if src.IsValid() {
+			if proto == "tcp" {
+				d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+			} else {
+				d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+			}
+		}
+		c, derr := d.Dial(proto, addr)
 		if err := netns.Set(orig); err != nil {
 			// Leave the thread locked: Go discards it when this goroutine
 			// ends, so no other goroutine runs in the wrong namespace.

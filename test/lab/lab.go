@@ -70,7 +70,10 @@ type Spec struct {
 	NodeIP    netip.Addr
 	OutsideIP netip.Addr
 	OutsideGW netip.Addr
-	Pods      []Pod
+	// OutsideExtraIPs are more client addresses of the outside namespace
+	// (in the outside /24), usable as sources with DialFrom.
+	OutsideExtraIPs []netip.Addr
+	Pods            []Pod
 }
 
 // PodNS is a pod namespace of a running lab.
@@ -166,6 +169,9 @@ func New(t testing.TB, spec Spec) *Lab {
 	l.must("ip", "-n", l.Node, "addr", "add", l.NodeIP.String()+"/32", "dev", l.ExtIface)
 	l.must("ip", "-n", l.Node, "link", "set", l.ExtIface, "up")
 	l.must("ip", "-n", l.Outside, "addr", "add", l.OutsideIP.String()+"/24", "dev", "eth0")
+	for _, a := range spec.OutsideExtraIPs {
+		l.must("ip", "-n", l.Outside, "addr", "add", a.String()+"/24", "dev", "eth0")
+	}
 	l.must("ip", "-n", l.Outside, "link", "set", "eth0", "up")
 	l.must("ip", "-n", l.Outside, "route", "add", "default", "via", l.OutsideGW.String())
 	l.must("ip", "-n", l.Node, "route", "add", "default", "via", l.OutsideIP.String(), "dev", l.ExtIface)

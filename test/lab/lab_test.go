@@ -19,7 +19,8 @@ func TestLabWithoutProxy(t *testing.T) {
 	RequireRoot(t)
 	var nss []string
 	t.Run("traffic", func(t *testing.T) {
-		l := New(t, Spec{Pods: []Pod{
+		extra := netip.MustParseAddr("192.0.2.200")
+		l := New(t, Spec{OutsideExtraIPs: []netip.Addr{extra}, Pods: []Pod{
 			{Name: "pod-a", IP: netip.MustParseAddr("10.244.0.2"), TCPPorts: []uint16{80, 8080}, UDPPorts: []uint16{53}},
 			{Name: "pod-b", IP: netip.MustParseAddr("10.244.0.3"), TCPPorts: []uint16{80}, UDPPorts: []uint16{53}},
 		}})
@@ -48,6 +49,18 @@ func TestLabWithoutProxy(t *testing.T) {
 			}
 			if r.Name != c.wantName || r.Peer.Addr() != c.wantSrc {
 				t.Errorf("%s %s -> %s: reply %v, want from %s seeing source %v", c.from, c.proto, c.to, r, c.wantName, c.wantSrc)
+			}
+		}
+
+		// A second outside address, used as the source.
+		for _, proto := range []string{"tcp", "udp"} {
+			port := uint16(80)
+			if proto == "udp" {
+				port = 53
+			}
+			r, err := DialFrom(l.Outside, extra, proto, addr(a.IP, port), DefaultDialTimeout)
+			if err != nil || r.Peer.Addr() != extra {
+				t.Errorf("%s from %v: reply %v, err %v; want the pod to see %v", proto, extra, r, err, extra)
 			}
 		}
 
