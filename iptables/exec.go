@@ -3,7 +3,6 @@ package iptables
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os/exec"
 )
@@ -43,13 +42,4 @@ func (e *CommandExecutor) Run(ctx context.Context, stdin []byte, name string, ar
 		err = fmt.Errorf("%s: %w", name, err)
 	}
 	return out.Bytes(), errb.Bytes(), err
-}
-
-// exitCode returns the exit code carried by err, or -1.
-func exitCode(err error) int {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	return -1
 }

@@ -3,6 +3,7 @@ package iptables
 import (
 	"fmt"
 	"net/netip"
+	"sort"
 	"time"
 
 	"github.com/switchyard-proxy/switchyard/proxier"
@@ -73,11 +74,7 @@ func snapshot(fam proxier.IPFamily, services ...*proxier.ServicePort) *proxier.S
 }
 
 func sortServices(s *proxier.Snapshot) {
-	for i := 1; i < len(s.Services); i++ {
-		for j := i; j > 0 && s.Services[j].Name.Less(s.Services[j-1].Name); j-- {
-			s.Services[j], s.Services[j-1] = s.Services[j-1], s.Services[j]
-		}
-	}
+	sort.Slice(s.Services, func(i, j int) bool { return s.Services[i].Name.Less(s.Services[j].Name) })
 }
 
 // goldenCases are the Snapshot fixtures of the golden tests: every feature

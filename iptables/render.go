@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -33,15 +34,6 @@ const (
 	dFilterFirewall
 	numDispatch
 )
-
-var dispatchChains = [numDispatch]struct{ table, chain string }{
-	dNATServices:     {tableNAT, chainServices},
-	dNATNodePorts:    {tableNAT, chainNodePorts},
-	dFilterServices:  {tableFilter, chainServices},
-	dFilterExternal:  {tableFilter, chainExternalServices},
-	dFilterNodePorts: {tableFilter, chainNodePorts},
-	dFilterFirewall:  {tableFilter, chainFirewall},
-}
 
 // serviceRules is everything one service port contributes: the nat chains
 // it owns and its fragment of each dispatch chain.
@@ -149,6 +141,10 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 	reachable = sortedEndpoints(reachable)
 	reachable = slices.CompactFunc(reachable, func(a, b proxier.Endpoint) bool { return a.Addr == b.Addr })
 	hasEndpoints := len(reachable) > 0
+	seps := make(map[netip.AddrPort]string, len(reachable))
+	for _, e := range reachable {
+		seps[e.Addr] = endpointChain(sp.Name, e)
+	}
 
 	// What the filter table does with traffic the nat table did not DNAT.
 	var internalTarget, internalComment, externalTarget, externalComment string
@@ -288,18 +284,18 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 				b.add(ch.svc, append(match, "-j "+chainMasqOffCluster)...)
 			}
 		}
-		r.balance(&b, ch.svc, sp, clusterEPs)
+		r.balance(&b, ch.svc, sp, clusterEPs, seps)
 		out.chains = append(out.chains, chain{table: tableNAT, name: ch.svc, body: b.b.String(), rules: b.n})
 	}
 	// SWY-SVL: local policy.
 	if usesLocal {
 		var b ruleBuf
-		r.balance(&b, ch.svl, sp, localEPs)
+		r.balance(&b, ch.svl, sp, localEPs, seps)
 		out.chains = append(out.chains, chain{table: tableNAT, name: ch.svl, body: b.b.String(), rules: b.n})
 	}
 	// SWY-SEP: one per endpoint.
 	for _, ep := range reachable {
-		sep := endpointChain(sp.Name, ep)
+		sep := seps[ep.Addr]
 		var b ruleBuf
 		c := comment(name)
 		b.add(sep, c, "-s "+ep.Addr.Addr().String(), "-j "+chainMarkMasq)
@@ -320,7 +316,7 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 
 // balance writes the affinity and random load-balancing rules of a policy
 // chain (SVC or SVL) over eps.
-func (r *renderer) balance(b *ruleBuf, chainName string, sp *proxier.ServicePort, eps []proxier.Endpoint) {
+func (r *renderer) balance(b *ruleBuf, chainName string, sp *proxier.ServicePort, eps []proxier.Endpoint, seps map[netip.AddrPort]string) {
 	name := sp.Name.String()
 	if sp.Affinity.Enabled() {
 		secs := int(sp.Affinity.Timeout.Seconds())
@@ -328,7 +324,7 @@ func (r *renderer) balance(b *ruleBuf, chainName string, sp *proxier.ServicePort
 			secs = 1
 		}
 		for _, ep := range eps {
-			sep := endpointChain(sp.Name, ep)
+			sep := seps[ep.Addr]
 			b.add(chainName, comment(name+" -> "+ep.Addr.String()),
 				"-m recent --name "+sep+" --rcheck --seconds "+strconv.Itoa(secs)+" --reap", "-j "+sep)
 		}
@@ -338,7 +334,7 @@ func (r *renderer) balance(b *ruleBuf, chainName string, sp *proxier.ServicePort
 		if i < len(eps)-1 {
 			stat = "-m statistic --mode random --probability " + probability(len(eps)-i)
 		}
-		b.add(chainName, comment(name+" -> "+ep.Addr.String()), stat, "-j "+endpointChain(sp.Name, ep))
+		b.add(chainName, comment(name+" -> "+ep.Addr.String()), stat, "-j "+seps[ep.Addr])
 	}
 }
 
@@ -458,7 +454,7 @@ func (w *restoreWriter) empty() bool {
 
 // bytes returns the restore text and the number of rules it writes.
 func (w *restoreWriter) bytes(header string) ([]byte, int) {
-	var sb strings.Builder
+	var sb bytes.Buffer
 	size := len(header)
 	for _, t := range tableOrder {
 		for _, c := range w.write[t] {
@@ -489,7 +485,7 @@ func (w *restoreWriter) bytes(header string) ([]byte, int) {
 		}
 		sb.WriteString("COMMIT\n")
 	}
-	return []byte(sb.String()), rules
+	return sb.Bytes(), rules
 }
 
 // fullWriter returns the writer for a full sync: fixed chains first, then
@@ -529,6 +525,3 @@ func Render(snaps []*proxier.Snapshot) (string, error) {
 	}
 	return sb.String(), nil
 }
-
-// addrIs4 reports whether a is IPv4 (used to validate snapshots).
-func addrIs4(a netip.Addr) bool { return a.Unmap().Is4() }

@@ -1,0 +1,69 @@
+package iptables
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+
+	"github.com/switchyard-proxy/switchyard/proxier"
+)
+
+// BenchmarkRender renders 10k services x 10 endpoints.
+func BenchmarkRender(b *testing.B) {
+	s := bigSnapshot(10000, 10)
+	snaps := []*proxier.Snapshot{s}
+	var n int
+	b.ReportAllocs()
+	for b.Loop() {
+		text, err := Render(snaps)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n = len(text)
+	}
+	b.ReportMetric(float64(n), "restore-bytes")
+}
+
+// BenchmarkApply applies 10k services x 10 endpoints into a fresh network
+// namespace with iptables-nft: a full sync, then a one-service partial sync.
+func BenchmarkApply(b *testing.B) {
+	requireRoot(b)
+	ctx := context.Background()
+	s := bigSnapshot(10000, 10)
+	for _, m := range []Mode{ModeNFT, ModeLegacy} {
+		b.Run(string(m), func(b *testing.B) {
+			var full, partial proxier.SyncResult
+			for b.Loop() {
+				b.StopTimer()
+				ns := newNetns(b, "swy-ipt-")
+				be, err := New(Config{Mode: m, Executor: NetnsExecutor(ns), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				full, err = be.Sync(ctx, []*proxier.Snapshot{s})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				// One service loses an endpoint.
+				c := *s
+				c.Services = append([]*proxier.ServicePort(nil), s.Services...)
+				sp := *c.Services[5]
+				sp.ClusterEndpoints = sp.ClusterEndpoints[1:]
+				c.Services[5] = &sp
+				c.FullSync = false
+				c.Changed = map[proxier.ServicePortName]bool{sp.Name: true}
+				partial, err = be.Sync(ctx, []*proxier.Snapshot{&c})
+				if err != nil || partial.Full {
+					b.Fatalf("partial sync: %+v %v", partial, err)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(full.Bytes), "full-bytes")
+			b.ReportMetric(float64(full.Rules), "full-rules")
+			b.ReportMetric(float64(partial.Bytes), "partial-bytes")
+		})
+	}
+}
