@@ -29,7 +29,6 @@ func svcYAML(name string, port int, labels string) string {
 	return s
 }
 
-
 func names(o Objects) []string {
 	var out []string
 	for _, n := range o.Nodes {
