@@ -116,7 +116,7 @@ func TestDefaultEndpointSliceAndPod(t *testing.T) {
 		t.Errorf("slice ports %+v", slice.Ports)
 	}
 	pod := &corev1.Pod{
-		Spec: corev1.PodSpec{HostNetwork: true, Containers: []corev1.Container{{Ports: []corev1.ContainerPort{{ContainerPort: 80}}}}},
+		Spec:   corev1.PodSpec{HostNetwork: true, Containers: []corev1.Container{{Ports: []corev1.ContainerPort{{ContainerPort: 80}}}}},
 		Status: corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: "10.1.0.5"}, {IP: "fd00::5"}}},
 	}
 	DefaultPod(pod)
