@@ -89,6 +89,20 @@ func (s *Source) Run(ctx context.Context) error {
 	timer := time.NewTimer(debounce)
 	timer.Stop()
 	defer timer.Stop()
+	// schedule restarts the quiet period, unless changes have kept coming
+	// for maxWait: then the pending re-read is left to fire, so a file
+	// rewritten nonstop cannot starve the sink.
+	maxWait := 10 * debounce
+	var pendingSince time.Time
+	schedule := func() {
+		now := time.Now()
+		if pendingSince.IsZero() {
+			pendingSince = now
+		}
+		if now.Sub(pendingSince) < maxWait {
+			timer.Reset(debounce)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -101,15 +115,16 @@ func (s *Source) Run(ctx context.Context) error {
 			if ev.Name == s.dir && ev.Has(fsnotify.Remove|fsnotify.Rename) {
 				s.log.Error("manifest folder removed or renamed; later changes are not seen")
 			}
-			timer.Reset(debounce)
+			schedule()
 		case err, ok := <-w.Errors:
 			if !ok {
 				return errors.New("manifests: watcher closed")
 			}
 			// An overflow loses events: re-read to be safe.
 			s.log.Warn("manifest folder watch error", "err", err)
-			timer.Reset(debounce)
+			schedule()
 		case <-timer.C:
+			pendingSince = time.Time{}
 			next, err := s.read()
 			if err != nil {
 				s.log.Error("manifest folder re-read failed; keeping previous objects", "err", err)
