@@ -157,51 +157,22 @@ func SliceServiceKey(sl *discoveryv1.EndpointSlice) (string, *Problem) {
 	return sl.Namespace + "/" + name, nil
 }
 
-// Assemble builds snapshots from per-service plans: it sorts the service
-// ports, resolves node-port conflicts between services (the oldest service
-// keeps the port) and fills the node-wide fields. The returned snapshots
-// have no Changed set; the caller decides what changed.
+// Assemble builds snapshots from per-service plans: it resolves node-port
+// conflicts between services (the oldest service keeps the port) and fills
+// the node-wide fields. Plans sorted by namespace/name (as the tracker keeps
+// them) are used as they are; otherwise they are sorted first. The returned
+// snapshots have no Changed set; the caller decides what changed.
 func Assemble(plans []*ServicePlan, cfg *Config) ([]*proxier.Snapshot, []Problem) {
-	var problems []Problem
-	// Resolve node-port conflicts deterministically: oldest service first,
-	// then by namespace/name.
-	ordered := make([]*ServicePlan, 0, len(plans))
-	for _, p := range plans {
-		if p != nil && len(p.Ports) > 0 {
-			ordered = append(ordered, p)
-		}
+	if !sort.SliceIsSorted(plans, func(i, j int) bool { return plans[i].Less(plans[j]) }) {
+		plans = append([]*ServicePlan(nil), plans...)
+		sort.Slice(plans, func(i, j int) bool { return plans[i].Less(plans[j]) })
 	}
-	sort.Slice(ordered, func(i, j int) bool {
-		a, b := ordered[i], ordered[j]
-		if !a.Created.Equal(b.Created) {
-			return a.Created.Before(b.Created)
-		}
-		return a.Key < b.Key
-	})
-	type npKey struct {
-		fam  proxier.IPFamily
-		prot proxier.Protocol
-		port uint16
-	}
-	owner := map[npKey]string{}
-	rejected := map[*proxier.ServicePort]bool{}
-	for _, p := range ordered {
-		for _, sp := range p.Ports {
-			if sp.NodePort == 0 {
-				continue
-			}
-			k := npKey{proxier.FamilyOf(sp.ClusterIP), sp.Protocol, sp.NodePort}
-			if other, taken := owner[k]; taken && other != p.Key {
-				rejected[sp] = true
-				problems = append(problems, Problem{Kind: "Service", Object: p.Key,
-					Reason: fmt.Sprintf("nodePort %d/%s is already used by service %s; port %q skipped",
-						sp.NodePort, sp.Protocol, other, sp.Name.Port)})
-				continue
-			}
-			owner[k] = p.Key
-		}
-	}
+	rejected, problems := nodePortConflicts(plans)
 	snaps := make([]*proxier.Snapshot, 0, len(cfg.Families))
+	total := 0
+	for _, p := range plans {
+		total += len(p.Ports)
+	}
 	for _, fam := range cfg.Families {
 		snap := &proxier.Snapshot{
 			Family:            fam,
@@ -217,28 +188,66 @@ func Assemble(plans []*ServicePlan, cfg *Config) ([]*proxier.Snapshot, []Problem
 		if cfg.Node.NodePortAddresses == nil {
 			snap.NodePortAddresses.All = true
 		}
-		snaps = append(snaps, snap)
-	}
-	for _, p := range plans {
-		if p == nil {
-			continue
+		if len(cfg.Families) == 1 {
+			snap.Services = make([]*proxier.ServicePort, 0, total)
 		}
-		for _, sp := range p.Ports {
-			if rejected[sp] {
-				continue
-			}
-			for _, snap := range snaps {
-				if snap.Family == proxier.FamilyOf(sp.ClusterIP) {
+		for _, p := range plans {
+			for _, sp := range p.Ports {
+				if proxier.FamilyOf(sp.ClusterIP) == fam && !rejected[sp] {
 					snap.Services = append(snap.Services, sp)
 				}
 			}
 		}
+		snaps = append(snaps, snap)
 	}
-	for _, snap := range snaps {
-		sort.Slice(snap.Services, func(i, j int) bool { return snap.Services[i].Name.Less(snap.Services[j].Name) })
-	}
-	sort.SliceStable(problems, func(i, j int) bool { return problems[i].String() < problems[j].String() })
 	return snaps, problems
+}
+
+// nodePortConflicts finds service ports whose node port another service
+// already holds. The oldest service (then the first by namespace/name)
+// keeps the port; only services with node ports are looked at.
+func nodePortConflicts(plans []*ServicePlan) (map[*proxier.ServicePort]bool, []Problem) {
+	var withNodePorts []*ServicePlan
+	for _, p := range plans {
+		for _, sp := range p.Ports {
+			if sp.NodePort != 0 {
+				withNodePorts = append(withNodePorts, p)
+				break
+			}
+		}
+	}
+	if len(withNodePorts) < 2 {
+		return nil, nil
+	}
+	sort.SliceStable(withNodePorts, func(i, j int) bool { return withNodePorts[i].Created.Before(withNodePorts[j].Created) })
+	type npKey struct {
+		fam  proxier.IPFamily
+		prot proxier.Protocol
+		port uint16
+	}
+	owner := make(map[npKey]string, len(withNodePorts))
+	var rejected map[*proxier.ServicePort]bool
+	var problems []Problem
+	for _, p := range withNodePorts {
+		for _, sp := range p.Ports {
+			if sp.NodePort == 0 {
+				continue
+			}
+			k := npKey{proxier.FamilyOf(sp.ClusterIP), sp.Protocol, sp.NodePort}
+			if other, taken := owner[k]; taken && other != p.Key {
+				if rejected == nil {
+					rejected = map[*proxier.ServicePort]bool{}
+				}
+				rejected[sp] = true
+				problems = append(problems, Problem{Kind: "Service", Object: p.Key,
+					Reason: fmt.Sprintf("nodePort %d/%s is already used by service %s; port %q skipped",
+						sp.NodePort, sp.Protocol, other, sp.Name.Port)})
+				continue
+			}
+			owner[k] = p.Key
+		}
+	}
+	return rejected, problems
 }
 
 func filterAddrs(addrs []netip.Addr, fam proxier.IPFamily) []netip.Addr {

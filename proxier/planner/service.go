@@ -20,6 +20,8 @@ import (
 type ServicePlan struct {
 	// Key is "namespace/name".
 	Key string
+	// Namespace and Name of the service (plans sort by them).
+	Namespace, Name string
 	// Created is the service's creation time (oldest wins node-port conflicts).
 	Created time.Time
 	// Ports are the planned service ports, all families.
@@ -29,6 +31,20 @@ type ServicePlan struct {
 	// Skipped is set (with a reason) for services that are deliberately not
 	// proxied, such as headless and ExternalName services.
 	Skipped string
+}
+
+// Less orders plans by namespace, then name.
+func (p *ServicePlan) Less(o *ServicePlan) bool {
+	if p.Namespace != o.Namespace {
+		return p.Namespace < o.Namespace
+	}
+	return p.Name < o.Name
+}
+
+// sortPorts orders the ports by name, so a family's ports appear in
+// ServicePortName order.
+func (p *ServicePlan) sortPorts() {
+	sort.SliceStable(p.Ports, func(i, j int) bool { return p.Ports[i].Name.Less(p.Ports[j].Name) })
 }
 
 func (p *ServicePlan) problem(format string, args ...any) {
@@ -41,7 +57,8 @@ func (p *ServicePlan) problem(format string, args ...any) {
 // (a bad address is dropped, a bad port is skipped, a service whose cluster
 // IP or source ranges cannot be parsed is skipped whole).
 func PlanService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, cfg *Config) *ServicePlan {
-	p := &ServicePlan{Key: svc.Namespace + "/" + svc.Name, Created: svc.CreationTimestamp.Time}
+	p := &ServicePlan{Key: svc.Namespace + "/" + svc.Name, Namespace: svc.Namespace, Name: svc.Name, Created: svc.CreationTimestamp.Time}
+	defer p.sortPorts()
 	spec := &svc.Spec
 	switch {
 	case spec.Type == corev1.ServiceTypeExternalName:

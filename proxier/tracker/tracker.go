@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"reflect"
+	"sort"
 	"sync"
 	"time"
 
@@ -82,9 +83,12 @@ type Tracker struct {
 	epChanges    int
 
 	plans     map[string]*planner.ServicePlan
+	sorted    []*planner.ServicePlan // plans by namespace/name
+	orphans   map[string][]planner.Problem
+	unlabeled map[string]planner.Problem
+	rejected  map[portID]bool
 	hostPorts map[proxier.IPFamily][]proxier.HostPort
 	hostProbs []planner.Problem
-	prev      map[proxier.IPFamily]map[proxier.ServicePortName]*proxier.ServicePort
 	logged    map[string]bool
 	planned   bool
 
@@ -108,6 +112,8 @@ func New(opts Options) *Tracker {
 		pods:        map[string]*corev1.Pod{},
 		dirty:       map[string]bool{},
 		plans:       map[string]*planner.ServicePlan{},
+		orphans:     map[string][]planner.Problem{},
+		unlabeled:   map[string]planner.Problem{},
 		logged:      map[string]bool{},
 		nodeDirty:   true,
 		podsDirty:   true,
@@ -158,9 +164,12 @@ func (t *Tracker) OnEndpointSlice(sl *discoveryv1.EndpointSlice, deleted bool) {
 		}
 	}
 	delete(t.slices, k)
+	delete(t.unlabeled, k)
 	if !deleted {
 		t.slices[k] = sl
-		if svcKey, p := planner.SliceServiceKey(sl); p == nil {
+		if svcKey, p := planner.SliceServiceKey(sl); p != nil {
+			t.unlabeled[k] = *p
+		} else {
 			m := t.slicesBySvc[svcKey]
 			if m == nil {
 				m = map[string]*discoveryv1.EndpointSlice{}
@@ -263,17 +272,32 @@ func (t *Tracker) Plan(full bool) Result {
 		t.podsDirty = true
 	}
 
+	changed := map[proxier.IPFamily]map[proxier.ServicePortName]bool{}
+	for _, fam := range t.cfg.Families {
+		changed[fam] = map[proxier.ServicePortName]bool{}
+	}
 	for k := range t.dirty {
-		svc := t.services[k]
-		if svc == nil {
-			delete(t.plans, k)
-			continue
+		old := t.plans[k]
+		var next *planner.ServicePlan
+		if svc := t.services[k]; svc != nil {
+			slices := make([]*discoveryv1.EndpointSlice, 0, len(t.slicesBySvc[k]))
+			for _, sl := range t.slicesBySvc[k] {
+				slices = append(slices, sl)
+			}
+			next = planner.PlanService(svc, slices, &t.cfg)
+			delete(t.orphans, k)
+		} else if len(t.slicesBySvc[k]) > 0 {
+			var probs []planner.Problem
+			for sk := range t.slicesBySvc[k] {
+				probs = append(probs, planner.Problem{Kind: "EndpointSlice", Object: sk,
+					Reason: "service " + k + " does not exist; slice ignored"})
+			}
+			t.orphans[k] = probs
+		} else {
+			delete(t.orphans, k)
 		}
-		slices := make([]*discoveryv1.EndpointSlice, 0, len(t.slicesBySvc[k]))
-		for _, sl := range t.slicesBySvc[k] {
-			slices = append(slices, sl)
-		}
-		t.plans[k] = planner.PlanService(svc, slices, &t.cfg)
+		t.replacePlan(k, old, next)
+		markChanged(changed, old, next)
 	}
 	clear(t.dirty)
 
@@ -286,42 +310,43 @@ func (t *Tracker) Plan(full bool) Result {
 		t.hostPorts, t.hostProbs = planner.HostPorts(pods, &t.cfg)
 	}
 
-	plans := make([]*planner.ServicePlan, 0, len(t.plans))
-	for _, p := range t.plans {
-		plans = append(plans, p)
+	snaps, problems := planner.Assemble(t.sorted, &t.cfg)
+	// A port rejected for a node-port conflict that is now accepted (or
+	// the other way round) changed too.
+	rejected := rejectedPorts(t.sorted, snaps)
+	for id := range rejected {
+		if !t.rejected[id] && changed[id.fam] != nil {
+			changed[id.fam][id.name] = true
+		}
 	}
-	snaps, problems := planner.Assemble(plans, &t.cfg)
-	for _, p := range plans {
+	for id := range t.rejected {
+		if !rejected[id] && changed[id.fam] != nil {
+			changed[id.fam][id.name] = true
+		}
+	}
+	t.rejected = rejected
+
+	for _, p := range t.sorted {
 		problems = append(problems, p.Problems...)
 	}
 	problems = append(problems, t.hostProbs...)
-	for k, sl := range t.slices {
-		svcKey, p := planner.SliceServiceKey(sl)
-		if p != nil {
-			problems = append(problems, *p)
-		} else if t.services[svcKey] == nil {
-			problems = append(problems, planner.Problem{Kind: "EndpointSlice", Object: k,
-				Reason: "service " + svcKey + " does not exist; slice ignored"})
-		}
+	for _, probs := range t.orphans {
+		problems = append(problems, probs...)
+	}
+	for _, p := range t.unlabeled {
+		problems = append(problems, p)
 	}
 	t.logProblems(problems)
 
 	full = full || nodeChanged || !t.planned
-	next := make(map[proxier.IPFamily]map[proxier.ServicePortName]*proxier.ServicePort, len(snaps))
 	for _, snap := range snaps {
 		snap.HostPorts = t.hostPorts[snap.Family]
-		cur := make(map[proxier.ServicePortName]*proxier.ServicePort, len(snap.Services))
-		for _, sp := range snap.Services {
-			cur[sp.Name] = sp
-		}
-		next[snap.Family] = cur
 		if full {
 			snap.FullSync = true
 			continue
 		}
-		snap.Changed = diff(t.prev[snap.Family], cur)
+		snap.Changed = changed[snap.Family]
 	}
-	t.prev = next
 	t.planned = true
 
 	res := Result{Snapshots: snaps, Problems: problems, TriggerTimes: t.triggerTimes,
@@ -330,23 +355,98 @@ func (t *Tracker) Plan(full bool) Result {
 	return res
 }
 
-// diff returns the names of the service ports that were added, removed or
-// changed between two plans. Unchanged services share their *ServicePort
-// with the previous plan, so most comparisons are pointer comparisons.
-func diff(prev, cur map[proxier.ServicePortName]*proxier.ServicePort) map[proxier.ServicePortName]bool {
-	changed := map[proxier.ServicePortName]bool{}
-	for name, sp := range cur {
-		old, ok := prev[name]
-		if !ok || (old != sp && !reflect.DeepEqual(old, sp)) {
-			changed[name] = true
+// portID names a service port in one family.
+type portID struct {
+	fam  proxier.IPFamily
+	name proxier.ServicePortName
+}
+
+// replacePlan puts next in place of old in the sorted plan list (either
+// may be nil).
+func (t *Tracker) replacePlan(key string, old, next *planner.ServicePlan) {
+	probe := next
+	if probe == nil {
+		probe = old
+	}
+	if probe == nil {
+		return
+	}
+	i := sort.Search(len(t.sorted), func(i int) bool { return !t.sorted[i].Less(probe) })
+	found := i < len(t.sorted) && t.sorted[i].Key == key
+	switch {
+	case next == nil && found:
+		t.sorted = append(t.sorted[:i], t.sorted[i+1:]...)
+		delete(t.plans, key)
+	case next != nil && found:
+		t.sorted[i] = next
+		t.plans[key] = next
+	case next != nil:
+		t.sorted = append(t.sorted, nil)
+		copy(t.sorted[i+1:], t.sorted[i:])
+		t.sorted[i] = next
+		t.plans[key] = next
+	}
+}
+
+// markChanged records the service ports that differ between two plans of
+// the same service.
+func markChanged(changed map[proxier.IPFamily]map[proxier.ServicePortName]bool, old, next *planner.ServicePlan) {
+	byID := func(p *planner.ServicePlan) map[portID]*proxier.ServicePort {
+		m := map[portID]*proxier.ServicePort{}
+		if p != nil {
+			for _, sp := range p.Ports {
+				m[portID{proxier.FamilyOf(sp.ClusterIP), sp.Name}] = sp
+			}
+		}
+		return m
+	}
+	before, after := byID(old), byID(next)
+	mark := func(id portID) {
+		if changed[id.fam] != nil {
+			changed[id.fam][id.name] = true
 		}
 	}
-	for name := range prev {
-		if _, ok := cur[name]; !ok {
-			changed[name] = true
+	for id, sp := range after {
+		if prev, ok := before[id]; !ok || !reflect.DeepEqual(prev, sp) {
+			mark(id)
 		}
 	}
-	return changed
+	for id := range before {
+		if _, ok := after[id]; !ok {
+			mark(id)
+		}
+	}
+}
+
+// rejectedPorts lists the planned ports that Assemble left out of the
+// snapshots (node-port conflicts).
+func rejectedPorts(plans []*planner.ServicePlan, snaps []*proxier.Snapshot) map[portID]bool {
+	in := 0
+	for _, snap := range snaps {
+		in += len(snap.Services)
+	}
+	total := 0
+	for _, p := range plans {
+		total += len(p.Ports)
+	}
+	if in == total {
+		return nil
+	}
+	kept := make(map[*proxier.ServicePort]bool, in)
+	for _, snap := range snaps {
+		for _, sp := range snap.Services {
+			kept[sp] = true
+		}
+	}
+	out := map[portID]bool{}
+	for _, p := range plans {
+		for _, sp := range p.Ports {
+			if !kept[sp] {
+				out[portID{proxier.FamilyOf(sp.ClusterIP), sp.Name}] = true
+			}
+		}
+	}
+	return out
 }
 
 // logProblems logs each problem once, when it first appears.

@@ -1,0 +1,189 @@
+package tracker
+
+import (
+	"fmt"
+	"net/netip"
+	"reflect"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/switchyard-proxy/switchyard/proxier"
+	"github.com/switchyard-proxy/switchyard/proxier/planner"
+)
+
+func service(i int) *corev1.Service {
+	ip := fmt.Sprintf("10.96.%d.%d", i/250, i%250+1)
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprintf("svc-%d", i)},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: ip, ClusterIPs: []string{ip},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+	}
+}
+
+func endpointSlice(i, eps int, gen int) *discoveryv1.EndpointSlice {
+	name, port, proto := "http", int32(8080), corev1.ProtocolTCP
+	sl := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprintf("svc-%d-abc", i), Labels: map[string]string{discoveryv1.LabelServiceName: fmt.Sprintf("svc-%d", i)}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+	for j := 0; j < eps; j++ {
+		node := fmt.Sprintf("node-%d", j%3)
+		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{
+			Addresses: []string{fmt.Sprintf("10.%d.%d.%d", 100+gen%100, i/250, j+10)}, NodeName: &node})
+	}
+	return sl
+}
+
+func resolver(ip string) NodeResolver {
+	return func(*corev1.Node) planner.NodeInfo {
+		return planner.NodeInfo{Name: "node-0", IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+	}
+}
+
+func names(m map[proxier.ServicePortName]bool) []string {
+	var out []string
+	for n := range m {
+		out = append(out, n.String())
+	}
+	return out
+}
+
+func TestIncrementalPlanMatchesFullPlanAndReportsChanges(t *testing.T) {
+	var changes atomic.Int32
+	tr := New(Options{ResolveNode: resolver("10.0.0.10"), Hooks: Hooks{OnChange: func() { changes.Add(1) }}})
+	var svcs []*corev1.Service
+	var slices []*discoveryv1.EndpointSlice
+	for i := 0; i < 5; i++ {
+		svcs = append(svcs, service(i))
+		slices = append(slices, endpointSlice(i, 3, 0))
+		tr.OnService(svcs[i], false)
+		tr.OnEndpointSlice(slices[i], false)
+	}
+	if changes.Load() != 10 {
+		t.Errorf("OnChange called %d times, want 10", changes.Load())
+	}
+	first := tr.Plan(false)
+	if !first.Snapshots[0].FullSync {
+		t.Errorf("first plan must be full")
+	}
+	if first.ServiceChanges != 5 || first.EndpointSliceChanges != 5 {
+		t.Errorf("change counts %d/%d", first.ServiceChanges, first.EndpointSliceChanges)
+	}
+
+	// Nothing changed: empty change set, not full.
+	again := tr.Plan(false)
+	if again.Snapshots[0].FullSync || len(again.Snapshots[0].Changed) != 0 {
+		t.Errorf("idle plan: full=%v changed=%v", again.Snapshots[0].FullSync, names(again.Snapshots[0].Changed))
+	}
+
+	// One slice changes, one service is deleted, one is added.
+	slices[1] = endpointSlice(1, 4, 1)
+	slices[1].Annotations = map[string]string{AnnotationTriggerTime: "2026-01-02T03:04:05Z"}
+	tr.OnEndpointSlice(slices[1], false)
+	tr.OnService(svcs[2], true)
+	svcs = append(svcs, service(7))
+	tr.OnService(svcs[5], false)
+	// A service "update" that changes nothing planned must not be reported.
+	same := svcs[3].DeepCopy()
+	same.Labels = map[string]string{"unrelated": "label"}
+	tr.OnService(same, false)
+
+	res := tr.Plan(false)
+	snap := res.Snapshots[0]
+	want := map[string]bool{"ns/svc-1:http": true, "ns/svc-2:http": true, "ns/svc-7:http": true}
+	got := map[string]bool{}
+	for _, n := range names(snap.Changed) {
+		got[n] = true
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("changed = %v, want %v", got, want)
+	}
+	if len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].Equal(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)) {
+		t.Errorf("trigger times %v", res.TriggerTimes)
+	}
+
+	// The incremental result equals a from-scratch plan of the same objects.
+	full, _ := planner.Plan(planner.Objects{Services: []*corev1.Service{svcs[0], svcs[1], same, svcs[4], svcs[5]}, Slices: slices},
+		planner.Config{Node: resolver("10.0.0.10")(nil)})
+	if !reflect.DeepEqual(full[0].Services, snap.Services) {
+		t.Errorf("incremental plan differs from full plan:\n%v\n%v", full[0].Services, snap.Services)
+	}
+	// The orphaned slice of the deleted service is reported.
+	found := false
+	for _, p := range res.Problems {
+		if p.Object == "ns/svc-2-abc" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("orphan slice not reported: %v", res.Problems)
+	}
+}
+
+func TestNodeChangeForcesFullPlan(t *testing.T) {
+	ip := "10.0.0.10"
+	tr := New(Options{ResolveNode: func(n *corev1.Node) planner.NodeInfo {
+		return planner.NodeInfo{Name: "node-0", IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+	}})
+	tr.OnService(service(1), false)
+	tr.Plan(false)
+	tr.OnNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-0"}}, false)
+	if res := tr.Plan(false); res.Snapshots[0].FullSync {
+		t.Errorf("a node update that changes nothing must not force a full plan")
+	}
+	ip = "10.0.0.11"
+	tr.OnNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-0"}}, false)
+	res := tr.Plan(false)
+	if !res.Snapshots[0].FullSync || res.Snapshots[0].NodeIPs[0].String() != "10.0.0.11" {
+		t.Errorf("node IP change: full=%v ips=%v", res.Snapshots[0].FullSync, res.Snapshots[0].NodeIPs)
+	}
+	// Dual-stack node: two snapshots.
+	ip = "fd00::10"
+	tr2 := New(Options{ResolveNode: func(n *corev1.Node) planner.NodeInfo {
+		return planner.NodeInfo{Name: "node-0", IPs: []netip.Addr{netip.MustParseAddr("fd00::10"), netip.MustParseAddr("10.0.0.10")}}
+	}})
+	res = tr2.Plan(false)
+	if len(res.Snapshots) != 2 || res.Snapshots[0].Family != proxier.IPv6 {
+		t.Errorf("dual-stack families wrong: %d snapshots", len(res.Snapshots))
+	}
+}
+
+func TestSyncedAndSliceRelabel(t *testing.T) {
+	var synced atomic.Int32
+	tr := New(Options{ResolveNode: resolver("10.0.0.10"), Hooks: Hooks{OnSynced: func() { synced.Add(1) }}})
+	tr.OnService(service(1), false)
+	tr.OnService(service(2), false)
+	sl := endpointSlice(1, 2, 0)
+	tr.OnEndpointSlice(sl, false)
+	tr.OnSynced()
+	tr.OnSynced()
+	select {
+	case <-tr.Synced():
+	default:
+		t.Fatal("Synced not closed")
+	}
+	if synced.Load() != 1 {
+		t.Errorf("OnSynced hook ran %d times", synced.Load())
+	}
+	tr.Plan(false)
+	// The slice moves to svc-2: both services change.
+	moved := sl.DeepCopy()
+	moved.Labels[discoveryv1.LabelServiceName] = "svc-2"
+	tr.OnEndpointSlice(moved, false)
+	res := tr.Plan(false)
+	if len(res.Snapshots[0].Changed) != 2 {
+		t.Errorf("changed %v", names(res.Snapshots[0].Changed))
+	}
+	if sp := res.Snapshots[0].Services[0]; sp.Name.Name != "svc-1" || len(sp.ClusterEndpoints) != 0 {
+		t.Errorf("svc-1 kept endpoints after its slice moved: %+v", sp)
+	}
+	if sp := res.Snapshots[0].Services[1]; len(sp.ClusterEndpoints) != 2 {
+		t.Errorf("svc-2 did not get the moved endpoints: %+v", sp)
+	}
+}
