@@ -4,14 +4,25 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"strconv"
 	"testing"
 
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
+// benchServices is the number of services the benchmarks use: 10000, or
+// SWY_BENCH_SERVICES for a quicker run.
+func benchServices() int {
+	if n, err := strconv.Atoi(os.Getenv("SWY_BENCH_SERVICES")); err == nil && n > 0 {
+		return n
+	}
+	return 10000
+}
+
 // BenchmarkRender renders 10k services x 10 endpoints.
 func BenchmarkRender(b *testing.B) {
-	s := bigSnapshot(10000, 10)
+	s := bigSnapshot(benchServices(), 10)
 	snaps := []*proxier.Snapshot{s}
 	var n int
 	b.ReportAllocs()
@@ -30,7 +41,7 @@ func BenchmarkRender(b *testing.B) {
 func BenchmarkApply(b *testing.B) {
 	requireRoot(b)
 	ctx := context.Background()
-	s := bigSnapshot(10000, 10)
+	s := bigSnapshot(benchServices(), 10)
 	for _, m := range []Mode{ModeNFT, ModeLegacy} {
 		b.Run(string(m), func(b *testing.B) {
 			var full, partial proxier.SyncResult

@@ -54,12 +54,6 @@ func (p *ServicePlan) collectEndpoints(slices []*discoveryv1.EndpointSlice, cfg 
 	sorted := append([]*discoveryv1.EndpointSlice(nil), slices...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 	out := map[proxier.IPFamily]endpointIndex{}
-	type seenKey struct {
-		fam  proxier.IPFamily
-		port portKey
-		addr netip.AddrPort
-	}
-	seen := map[seenKey]int{} // position of each ip:port in its list
 	for _, sl := range sorted {
 		var fam proxier.IPFamily
 		switch sl.AddressType {
@@ -152,22 +146,38 @@ func (p *ServicePlan) collectEndpoints(slices []*discoveryv1.EndpointSlice, cfg 
 				}
 			}
 			list := idx[k]
+			if list == nil {
+				list = make([]candidate, 0, len(eps))
+			}
 			for _, e := range eps {
 				c := e.c
 				c.ep.Addr = netip.AddrPortFrom(e.addr, uint16(*sp.Port))
-				sk := seenKey{fam, k, c.ep.Addr}
-				if i, dup := seen[sk]; dup {
-					// The same endpoint in two slices: keep the better copy.
-					if c.rank() > list[i].rank() {
-						list[i] = c
-					}
-					continue
-				}
-				seen[sk] = len(list)
 				list = append(list, c)
 			}
 			idx[k] = list
 		}
+	}
+	for _, idx := range out {
+		for k, list := range idx {
+			idx[k] = sortAndDedupe(list)
+		}
+	}
+	return out
+}
+
+// sortAndDedupe sorts candidates by address and keeps one copy of each
+// ip:port: the best-ranked, the first slice (by name) among equals.
+func sortAndDedupe(list []candidate) []candidate {
+	sort.SliceStable(list, func(i, j int) bool { return list[i].ep.Addr.Compare(list[j].ep.Addr) < 0 })
+	out := list[:0]
+	for _, c := range list {
+		if n := len(out); n > 0 && out[n-1].ep.Addr == c.ep.Addr {
+			if c.rank() > out[n-1].rank() {
+				out[n-1] = c
+			}
+			continue
+		}
+		out = append(out, c)
 	}
 	return out
 }
@@ -247,7 +257,6 @@ func categorize(sp *proxier.ServicePort, cands []candidate, node *NodeInfo) {
 			sp.LocalReadyEndpoints++
 		}
 	}
-	sortEndpoints(all)
 	sp.AllEndpoints = all
 
 	usesCluster := !sp.InternalPolicyLocal || (sp.ExternallyAccessible() && !sp.ExternalPolicyLocal)
@@ -274,13 +283,22 @@ func categorize(sp *proxier.ServicePort, cands []candidate, node *NodeInfo) {
 	}
 }
 
+// pick returns the endpoints keep accepts, in the candidates' (address) order.
 func pick(cands []candidate, keep func(*candidate) bool) []proxier.Endpoint {
-	var out []proxier.Endpoint
+	n := 0
+	for i := range cands {
+		if keep(&cands[i]) {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]proxier.Endpoint, 0, n)
 	for i := range cands {
 		if keep(&cands[i]) {
 			out = append(out, cands[i].ep)
 		}
 	}
-	sortEndpoints(out)
 	return out
 }

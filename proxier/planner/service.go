@@ -286,8 +286,3 @@ func (p *ServicePlan) protocol(port *corev1.ServicePort) (proxier.Protocol, bool
 	p.problem("port %q: protocol %q is not TCP, UDP or SCTP; port skipped", port.Name, port.Protocol)
 	return "", false
 }
-
-// sortEndpoints orders endpoints by address for deterministic output.
-func sortEndpoints(eps []proxier.Endpoint) {
-	sort.Slice(eps, func(i, j int) bool { return eps[i].Addr.Compare(eps[j].Addr) < 0 })
-}
