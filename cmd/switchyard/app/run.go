@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard-proxy/switchyard/nodeport"
 	"github.com/switchyard-proxy/switchyard/proxier"
@@ -133,6 +134,9 @@ func runSource(ctx context.Context, o *Options, s *settings, sink proxier.Sink, 
 	if o.Manifests != "" {
 		return manifests.New(o.Manifests, s.nodeName, o.ServiceProxyName, sink, log).Run(ctx)
 	}
+	// client-go reports watch and permission errors through klog: send them
+	// to the same log, or a missing RBAC rule would stall the start silently.
+	klog.SetSlogLogger(log.With("component", "client-go"))
 	cfg, err := restConfig(o)
 	if err != nil {
 		return err
