@@ -13,6 +13,14 @@
 // list of the tests. The package's non-test code is the small mode-neutral
 // part: the outcome types, planning a scenario, and comparing outcomes with
 // expectations.
+//
+// Commands (the lab tests need root; without it they skip):
+//
+//	go test -run 'TestTracer$' ./test/conformance/            # rendered rules, no root
+//	go test -run TestTracerKernelRules ./test/conformance/   # rules read back from a namespace
+//	go test -v -run TestRealTraffic ./test/conformance/      # every scenario with real packets
+//	go test -v -run TestBalancedOverThreePods ./test/conformance/  # per-pod counts of 30 connections
+//	go test -v -run 'TestLiveManifestChanges|TestBadServiceSkipped' ./test/conformance/
 package conformance
 
 import (
