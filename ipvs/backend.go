@@ -1,0 +1,431 @@
+package ipvs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/switchyard-proxy/switchyard/iptables"
+	"github.com/switchyard-proxy/switchyard/proxier"
+)
+
+// DefaultGracePeriod bounds graceful termination: a removed TCP/SCTP real
+// server at weight 0 is deleted after this long even if it still has
+// connections. (kube-proxy has no bound: it waits for zero connections.)
+const DefaultGracePeriod = 15 * time.Minute
+
+// Config configures a Backend.
+type Config struct {
+	// Scheduler is --ipvs-scheduler; "" means DefaultScheduler.
+	Scheduler string
+	// GracePeriod bounds graceful termination; 0 means DefaultGracePeriod.
+	GracePeriod time.Duration
+	// StrictARP sets arp_ignore=1 and arp_announce=2 (--ipvs-strict-arp).
+	StrictARP bool
+	// NodePortMin and NodePortMax bound the ports of node-port virtual
+	// servers switchyard considers its own after a restart; zero means
+	// 30000-32767.
+	NodePortMin, NodePortMax uint16
+	// IPTablesMode selects iptables-nft or -legacy; "" means auto.
+	IPTablesMode iptables.Mode
+	// Executor runs ipset, iptables and conntrack; nil runs them here.
+	Executor iptables.Executor
+	// Kernel drives IPVS and swy-ipvs0; nil opens a NetlinkKernel on the
+	// first Sync or Cleanup.
+	Kernel Kernel
+	// Sysctl reads and writes kernel parameters; nil means /proc/sys.
+	Sysctl Sysctl
+	// Logger receives logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Now returns the current time (tests); nil means time.Now.
+	Now func() time.Time
+}
+
+// Backend is the IPVS proxy mode. It implements proxier.Backend and
+// proxier.Renderer; calls are serialised.
+type Backend struct {
+	cfg Config
+	log *slog.Logger
+
+	mu          sync.Mutex
+	kernel      Kernel
+	flavour     iptables.Mode
+	rules       map[proxier.IPFamily]string // restore text last written
+	terminating map[DestKey]time.Time
+	created     map[Key]bool // virtual servers this process created
+}
+
+var (
+	_ proxier.Backend  = (*Backend)(nil)
+	_ proxier.Renderer = (*Backend)(nil)
+)
+
+// New returns an IPVS Backend. It does not touch the kernel.
+func New(cfg Config) (*Backend, error) {
+	if cfg.Scheduler == "" {
+		cfg.Scheduler = DefaultScheduler
+	}
+	if !validScheduler(cfg.Scheduler) {
+		return nil, fmt.Errorf("ipvs: unknown scheduler %q (want one of %s)", cfg.Scheduler, strings.Join(Schedulers, ", "))
+	}
+	switch cfg.IPTablesMode {
+	case "":
+		cfg.IPTablesMode = iptables.ModeAuto
+	case iptables.ModeAuto, iptables.ModeNFT, iptables.ModeLegacy:
+	default:
+		return nil, fmt.Errorf("ipvs: unknown iptables mode %q", cfg.IPTablesMode)
+	}
+	if cfg.GracePeriod <= 0 {
+		cfg.GracePeriod = DefaultGracePeriod
+	}
+	if cfg.NodePortMin == 0 && cfg.NodePortMax == 0 {
+		cfg.NodePortMin, cfg.NodePortMax = 30000, 32767
+	}
+	if cfg.Executor == nil {
+		cfg.Executor = &iptables.CommandExecutor{}
+	}
+	if cfg.Sysctl == nil {
+		cfg.Sysctl = ProcSysctl{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	b := &Backend{
+		cfg: cfg, log: cfg.Logger.With("backend", "ipvs"), kernel: cfg.Kernel,
+		rules: map[proxier.IPFamily]string{}, terminating: map[DestKey]time.Time{}, created: map[Key]bool{},
+	}
+	if cfg.IPTablesMode != iptables.ModeAuto {
+		b.flavour = cfg.IPTablesMode
+	}
+	return b, nil
+}
+
+// Name implements proxier.Backend.
+func (b *Backend) Name() string { return "ipvs" }
+
+// Render implements proxier.Renderer: the virtual servers in `ipvsadm -Ln`
+// format, then the ipsets in `ipset save` format, then the iptables
+// restore text of each family.
+func (b *Backend) Render(snaps []*proxier.Snapshot) (string, error) {
+	st, err := Render(snaps, RenderOptions{Scheduler: b.cfg.Scheduler})
+	if err != nil {
+		return "", err
+	}
+	return FormatState(st), nil
+}
+
+// FormatState prints a state as Backend.Render does.
+func FormatState(st *State) string {
+	var s strings.Builder
+	s.WriteString("# ipvsadm -Ln\n")
+	s.WriteString(FormatIPVS(st.Servers))
+	fmt.Fprintf(&s, "# addresses on %s\n", DummyInterface)
+	for _, a := range st.Addresses {
+		s.WriteString(a.String() + "\n")
+	}
+	s.WriteString("# ipset save\n")
+	s.WriteString(FormatIPSets(st.Sets))
+	for _, r := range st.Rules {
+		s.WriteString(r.Text)
+	}
+	return s.String()
+}
+
+func (b *Backend) ensureKernel() (Kernel, error) {
+	if b.kernel == nil {
+		k, err := NewNetlinkKernel()
+		if err != nil {
+			return nil, err
+		}
+		b.kernel = k
+	}
+	return b.kernel, nil
+}
+
+func (b *Backend) ensureFlavour(ctx context.Context) (iptables.Mode, error) {
+	if b.flavour == "" {
+		m, err := detectFlavour(ctx, b.cfg.Executor)
+		if err != nil {
+			return "", fmt.Errorf("ipvs: pick iptables flavour: %w", err)
+		}
+		b.flavour = m
+		b.log.Info("iptables flavour", "mode", m)
+	}
+	return b.flavour, nil
+}
+
+// Sync implements proxier.Backend: render, dump the kernel (one
+// GetServices), diff, and apply only the difference.
+func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.SyncResult, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	res := proxier.SyncResult{Full: true}
+	desired, err := Render(snaps, RenderOptions{Scheduler: b.cfg.Scheduler})
+	if err != nil {
+		return res, err
+	}
+	if _, err := ensureSysctls(b.cfg.Sysctl, b.cfg.StrictARP, b.log); err != nil {
+		return res, fmt.Errorf("ipvs: sysctls: %w", err)
+	}
+	k, err := b.ensureKernel()
+	if err != nil {
+		return res, err
+	}
+	created, err := k.EnsureDummy()
+	if err != nil {
+		return res, err
+	}
+	if created {
+		res.Wrote = true
+		b.log.Info("created dummy interface", "name", DummyInterface)
+	}
+	addrs, err := k.DummyAddresses()
+	if err != nil {
+		return res, err
+	}
+	servers, err := k.VirtualServers()
+	if err != nil {
+		return res, err
+	}
+	sets, err := ipsetSave(ctx, b.cfg.Executor)
+	if err != nil {
+		return res, fmt.Errorf("ipvs: %w", err)
+	}
+	ops, terminating := Diff(desired, &Dump{Servers: servers, Addresses: addrs, Sets: sets}, DiffOptions{
+		Now: b.cfg.Now(), GracePeriod: b.cfg.GracePeriod, Terminating: b.terminating, Owned: b.ownedFunc(snaps),
+	})
+	b.terminating = terminating
+
+	// Phase 1: everything that adds (sets first: iptables rules name them).
+	var setsAdd, setsDel []Op
+	for _, o := range ops {
+		switch o.Kind {
+		case OpCreateSet, OpAddMember:
+			setsAdd = append(setsAdd, o)
+		case OpDelMember, OpDestroySet:
+			setsDel = append(setsDel, o)
+		}
+	}
+	// A set whose type changed is destroyed before it is re-created.
+	var retype []Op
+	for _, o := range setsDel {
+		if o.Kind == OpDestroySet && desired.Set(o.Set.Name) != nil {
+			retype = append(retype, o)
+		}
+	}
+	if err := ipsetRestore(ctx, b.cfg.Executor, ipsetScript(append(retype, setsAdd...))); err != nil {
+		return res, fmt.Errorf("ipvs: %w", err)
+	}
+	if n, err := b.syncRules(ctx, desired); err != nil {
+		return res, err
+	} else if n > 0 {
+		res.Wrote = true
+		res.Rules += n
+	}
+	var errs []error
+	for _, o := range ops {
+		if err := b.applyOp(ctx, k, o); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var lateSets []Op
+	for _, o := range setsDel {
+		if !slices.ContainsFunc(retype, func(r Op) bool { return r.Set.Name == o.Set.Name }) {
+			lateSets = append(lateSets, o)
+		}
+	}
+	if err := ipsetRestore(ctx, b.cfg.Executor, ipsetScript(lateSets)); err != nil {
+		errs = append(errs, fmt.Errorf("ipvs: %w", err))
+	}
+	if len(ops) > 0 {
+		res.Wrote = true
+		res.Rules += len(ops)
+		b.log.Info("ipvs sync", "operations", len(ops), "servers", len(desired.Servers), "terminating", len(b.terminating))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// ownedFunc reports node-port virtual servers switchyard may delete: ones
+// it created, or ones on a node address in the node-port range.
+func (b *Backend) ownedFunc(snaps []*proxier.Snapshot) func(Key) bool {
+	nodeAddrs := map[netip.Addr]bool{}
+	for _, s := range snaps {
+		if s == nil {
+			continue
+		}
+		for _, a := range s.NodeIPs {
+			nodeAddrs[a] = true
+		}
+		for _, a := range s.NodePortAddresses.Addrs {
+			nodeAddrs[a] = true
+		}
+	}
+	return func(k Key) bool {
+		return b.created[k] || nodeAddrs[k.Addr] && k.Port >= b.cfg.NodePortMin && k.Port <= b.cfg.NodePortMax
+	}
+}
+
+// applyOp performs one netlink operation (set operations run elsewhere).
+func (b *Backend) applyOp(ctx context.Context, k Kernel, o Op) error {
+	var err error
+	switch o.Kind {
+	case OpAddAddress:
+		err = k.AddAddress(o.Addr)
+	case OpDelAddress:
+		err = k.DelAddress(o.Addr)
+	case OpAddService:
+		if err = k.AddService(o.Server); err == nil {
+			b.created[o.Server.Key] = true
+		}
+	case OpUpdateService:
+		err = k.UpdateService(o.Server)
+	case OpDelService:
+		if err = k.DelService(o.Server.Key); err == nil {
+			delete(b.created, o.Server.Key)
+			if o.FlushConntrack {
+				b.flushConntrack(ctx, o.Server.Key, nil)
+			}
+		}
+	case OpAddDest:
+		err = k.AddDest(o.Server.Key, o.Dest)
+	case OpUpdateDest:
+		err = k.UpdateDest(o.Server.Key, o.Dest)
+		if err == nil && o.Dest.Weight == 0 {
+			b.log.Info("real server quiesced (graceful termination)", "service", o.Server.Key.String(), "dest", o.Dest.Addr.String())
+		}
+	case OpDelDest:
+		if err = k.DelDest(o.Server.Key, o.Dest); err == nil && o.FlushConntrack {
+			b.flushConntrack(ctx, o.Server.Key, &o.Dest)
+		}
+	default:
+		return nil
+	}
+	return err
+}
+
+// flushConntrack deletes the UDP conntrack entries of a removed virtual
+// server (dest nil) or real server. Failures are logged: a stale entry
+// only delays the switch to another endpoint.
+func (b *Backend) flushConntrack(ctx context.Context, k Key, d *RealServer) {
+	args := []string{"-D", "-p", "udp"}
+	if k.FWMark == 0 {
+		args = append(args, "--orig-dst", k.Addr.String(), "--orig-port-dst", fmt.Sprint(k.Port))
+	}
+	if d != nil {
+		args = append(args, "--reply-src", d.Addr.Addr().String(), "--reply-port-src", fmt.Sprint(d.Addr.Port()))
+	}
+	if k.Family == proxier.IPv6 {
+		args = append(args, "-f", "ipv6")
+	}
+	_, stderr, err := b.cfg.Executor.Run(ctx, nil, "conntrack", args...)
+	// conntrack exits 1 when no entry matched.
+	if err != nil && !strings.Contains(string(stderr), "0 flow entries") {
+		b.log.Warn("conntrack flush failed", "args", strings.Join(args, " "), "stderr", strings.TrimSpace(string(stderr)), "err", err)
+	}
+}
+
+// syncRules writes the iptables rules of each family whose text changed
+// (or whose hooks vanished). It returns how many families it wrote.
+func (b *Backend) syncRules(ctx context.Context, desired *State) (int, error) {
+	m, err := b.ensureFlavour(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, fr := range desired.Rules {
+		t := iptTools(m, fr.Family)
+		if b.rules[fr.Family] == fr.Text && b.hooksPresent(ctx, t) {
+			continue
+		}
+		delete(b.rules, fr.Family)
+		if err := writeRules(ctx, b.cfg.Executor, t, fr); err != nil {
+			return n, fmt.Errorf("ipvs: iptables rules (%s): %w", fr.Family, err)
+		}
+		b.rules[fr.Family] = fr.Text
+		n++
+	}
+	return n, nil
+}
+
+func (b *Backend) hooksPresent(ctx context.Context, t ipt) bool {
+	for _, h := range hooks {
+		if !hookPresent(ctx, b.cfg.Executor, t, h) {
+			return false
+		}
+	}
+	return true
+}
+
+// Cleanup implements proxier.Backend: it deletes the virtual servers on
+// the addresses of swy-ipvs0 and those with a switchyard fwmark, the
+// dummy interface, every SWY-IPVS- chain (both families, both flavours)
+// and every SWY- ipset. Foreign virtual servers are left alone.
+func (b *Backend) Cleanup(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var errs []error
+	k, err := b.ensureKernel()
+	var nk Kernel = &NetlinkKernel{}
+	if err == nil {
+		nk = k
+		addrs, err := k.DummyAddresses()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		// Diffing against an empty desired state deletes exactly what we own.
+		servers, err := k.VirtualServers()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		ops, _ := Diff(&State{}, &Dump{Servers: servers, Addresses: addrs}, DiffOptions{Now: b.cfg.Now(), Owned: func(k Key) bool { return b.created[k] }})
+		for _, o := range ops {
+			if o.Kind == OpDelService {
+				if err := b.applyOp(ctx, k, o); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	} else if b.cfg.Kernel == nil {
+		b.log.Info("no IPVS in this kernel; removing interface, chains and sets only", "err", err)
+	} else {
+		errs = append(errs, err)
+	}
+	if err := nk.DeleteDummy(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, m := range []iptables.Mode{iptables.ModeNFT, iptables.ModeLegacy} {
+		if b.flavour != "" && b.cfg.IPTablesMode != iptables.ModeAuto && m != b.flavour {
+			continue
+		}
+		for _, f := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
+			if err := cleanupRules(ctx, b.cfg.Executor, iptTools(m, f)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	b.rules = map[proxier.IPFamily]string{}
+	if sets, err := ipsetSave(ctx, b.cfg.Executor); err != nil {
+		b.log.Info("ipset not usable; no sets to remove", "err", err)
+	} else {
+		var ops []Op
+		for _, s := range sets {
+			ops = append(ops, Op{Kind: OpDestroySet, Set: s})
+		}
+		if err := ipsetRestore(ctx, b.cfg.Executor, ipsetScript(ops)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
