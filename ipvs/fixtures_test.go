@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -77,3 +78,5 @@ func richSnapshot() *proxier.Snapshot {
 
 	return snapshot(dns, empty, lb, remote, web)
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
