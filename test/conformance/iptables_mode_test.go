@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/exec"
+	"sort"
 	"strings"
 	"testing"
 
@@ -170,3 +171,43 @@ func (t *iptablesTracer) Trace(p scenarios.Packet, src netip.Addr) (*Trace, erro
 func (t *iptablesTracer) Rules() string { return t.text }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestIPTablesKernelMatchesRender checks that the jump rules the tracer adds
+// to the rendered rules (iptablesJumps) are exactly the rules the real
+// backend leaves in the built-in chains of a fresh namespace.
+func TestIPTablesKernelMatchesRender(t *testing.T) {
+	requireRoot(t)
+	m := newIPTablesKernelMode(t)
+	snaps, err := Plan(scenarios.All()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := m.Load(snaps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	builtin := func(text string) []string {
+		var out []string
+		table := ""
+		for _, line := range strings.Split(text, "\n") {
+			if strings.HasPrefix(line, "*") {
+				table = line[1:]
+			}
+			f := strings.Fields(line)
+			if len(f) > 1 && f[0] == "-A" && !strings.HasPrefix(f[1], "SWY-") {
+				out = append(out, table+" "+line)
+			}
+		}
+		return out
+	}
+	// Order matters within a chain, not between tables: a stable sort on
+	// the table name keeps each chain's order.
+	got := builtin(tr.(*iptablesTracer).Rules())
+	want := builtin(iptablesJumps)
+	for _, l := range [][]string{got, want} {
+		sort.SliceStable(l, func(i, j int) bool { return strings.Fields(l[i])[0] < strings.Fields(l[j])[0] })
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("built-in chain rules after Sync:\n  %s\nthe tracer assumes:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+}

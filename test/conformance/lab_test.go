@@ -315,7 +315,22 @@ func TestLiveManifestChanges(t *testing.T) {
 		t.Fatalf("10.96.0.20:80 answered (%v) before the service exists", r)
 	}
 	writeManifest(t, dir, "new.yaml", []byte(newServiceManifest))
-	sy.waitSync(mark, "adding default/web-new")
+	mark = sy.waitSync(mark, "adding default/web-new")
+	// The Service and its EndpointSlice reach the proxy as two events, and
+	// the first may be synced alone (the service then refuses until the
+	// next sync, as with kube-proxy's informers): wait for the sync that
+	// makes it answer.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := lab.Dial(client.NS, "tcp", "10.96.0.20:80", failTimeout)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10.96.0.20:80 does not answer 10s after default/web-new was added: %v\nswitchyard output since:\n%s", err, sy.proc.Output()[mark:])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	check("web-new added", netip.MustParseAddrPort("10.96.0.20:80"), "10.244.0.4:8080")
 }
 

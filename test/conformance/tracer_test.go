@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/switchyard-proxy/switchyard/test/scenarios"
@@ -151,11 +152,13 @@ func requireRoot(t testing.TB) {
 	}
 }
 
+var netnsSeq atomic.Int32
+
 // newNetns creates a network namespace (removed in t.Cleanup) and returns
 // its name.
 func newNetns(t testing.TB, prefix string) string {
 	t.Helper()
-	name := fmt.Sprintf("%s-%d", prefix, os.Getpid()%100000)
+	name := fmt.Sprintf("%s-%d-%d", prefix, os.Getpid()%100000, netnsSeq.Add(1))
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
 	}
