@@ -349,7 +349,7 @@ measure() { # measure EXPECTED_PODS: COUNT requests via the cluster IP and the n
 		--count "$COUNT" --pods "$POD_LIST" --expect "$expect" || die "traffic through the ClusterIP"
 	say "    $COUNT requests to the NodePort $NODE_IP:$NODE_PORT from $OUT_NS ($OUTSIDE_IP):"
 	ip netns exec "$OUT_NS" "$BIN/swy-demo" traffic --to "$NODE_IP:$NODE_PORT" \
-		--count "$COUNT" --pods "$POD_LIST" --expect "$expect" || die "traffic through the NodePort"
+		--count "$COUNT" --pods "$POD_LIST" --expect "$expect" --client-ip "$OUTSIDE_IP" || die "traffic through the NodePort"
 }
 
 step "waiting for switchyard to program the service"

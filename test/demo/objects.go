@@ -168,7 +168,13 @@ func Apply(ctx context.Context, c kubernetes.Interface, s Spec) error {
 	if _, err := c.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("namespace %s: %w", ns.Name, err)
 	}
-	if _, err := c.CoreV1().Services(s.Namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	// Get before Create: creating a Service that exists fails on its
+	// cluster IP ("already allocated") before the name conflict.
+	_, err = c.CoreV1().Services(s.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = c.CoreV1().Services(s.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+	}
+	if err != nil {
 		return fmt.Errorf("service %s/%s: %w", s.Namespace, svc.Name, err)
 	}
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -65,8 +66,9 @@ func (t Tally) Answered() int { return t.Sent - len(t.Errors) }
 
 // Print writes one bar per pod in pods (those that answered nothing too),
 // then pods not listed that answered, then the client addresses seen and
-// the first error, if any.
-func (t Tally) Print(w io.Writer, pods []string) {
+// the first error, if any. A valid client is the address the requests
+// were sent from; Print says when the pods saw another one (SNAT).
+func (t Tally) Print(w io.Writer, pods []string, client netip.Addr) {
 	names := append([]string(nil), pods...)
 	listed := map[string]bool{}
 	for _, p := range pods {
@@ -96,6 +98,9 @@ func (t Tally) Print(w io.Writer, pods []string) {
 	fmt.Fprintf(w, "    %d/%d answered", t.Answered(), t.Sent)
 	if len(peers) > 0 {
 		fmt.Fprintf(w, "; the pods saw the client as %s", strings.Join(peers, ", "))
+		if client.IsValid() && (len(peers) != 1 || peers[0] != client.String()) {
+			fmt.Fprintf(w, " (source NAT: the client is %s)", client)
+		}
 	}
 	fmt.Fprintln(w)
 	if len(t.Errors) > 0 {

@@ -120,14 +120,22 @@ func traffic(args []string) error {
 	timeout := fs.Duration("timeout", 2*time.Second, "deadline of one request")
 	pods := fs.StringSlice("pods", nil, "pods to list even when they answer nothing")
 	expect := fs.StringSlice("expect", nil, "the only pods allowed to answer (default: --pods)")
+	client := fs.String("client-ip", "", "the address the requests leave from, to point out source NAT")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *to == "" {
 		return errors.New("--to is required")
 	}
+	var from netip.Addr
+	if *client != "" {
+		var err error
+		if from, err = netip.ParseAddr(*client); err != nil {
+			return fmt.Errorf("--client-ip: %w", err)
+		}
+	}
 	t := demo.Send(*to, *count, *timeout)
-	t.Print(os.Stdout, *pods)
+	t.Print(os.Stdout, *pods, from)
 	want := *expect
 	if len(want) == 0 {
 		want = *pods
