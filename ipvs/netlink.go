@@ -28,6 +28,10 @@ var _ Kernel = (*NetlinkKernel)(nil)
 // NewNetlinkKernel opens an IPVS netlink handle. It fails when the kernel
 // has no IPVS.
 func NewNetlinkKernel() (*NetlinkKernel, error) {
+	// moby/ipvs does not report a missing IPVS family: look it up first.
+	if _, err := netlink.GenlFamilyGet("IPVS"); err != nil {
+		return nil, fmt.Errorf("ipvs: kernel IPVS not available (generic netlink family IPVS: %w)", err)
+	}
 	h, err := ipvs.New("")
 	if err != nil {
 		return nil, fmt.Errorf("ipvs: open netlink handle: %w", err)
