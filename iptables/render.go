@@ -270,19 +270,28 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 		out.chains = append(out.chains, chain{table: tableNAT, name: ch.fw, body: b.b.String(), rules: b.n})
 	}
 
+	// clusterIPMasq writes, into the chain that serves the cluster IP, the
+	// rule that masquerades off-cluster (or, with --masquerade-all, every)
+	// source sent to it.
+	clusterIPMasq := func(b *ruleBuf, chainName string) {
+		if !sp.ClusterIP.IsValid() {
+			return
+		}
+		match := []string{"-d " + sp.ClusterIP.String(), proto, dport, comment(name + " cluster IP")}
+		switch {
+		case r.snap.Masquerade.All:
+			b.add(chainName, append(match, "-j "+chainMarkMasq)...)
+		case len(cidrs) == 1:
+			b.add(chainName, append([]string{"! -s " + cidrs[0].Masked().String()}, append(match, "-j "+chainMarkMasq)...)...)
+		case len(cidrs) > 1:
+			b.add(chainName, append(match, "-j "+chainMasqOffCluster)...)
+		}
+	}
 	// SWY-SVC: cluster policy.
 	if usesCluster {
 		var b ruleBuf
-		if sp.ClusterIP.IsValid() {
-			match := []string{"-d " + sp.ClusterIP.String(), proto, dport, comment(name + " cluster IP")}
-			switch {
-			case r.snap.Masquerade.All:
-				b.add(ch.svc, append(match, "-j "+chainMarkMasq)...)
-			case len(cidrs) == 1:
-				b.add(ch.svc, append([]string{"! -s " + cidrs[0].Masked().String()}, append(match, "-j "+chainMarkMasq)...)...)
-			case len(cidrs) > 1:
-				b.add(ch.svc, append(match, "-j "+chainMasqOffCluster)...)
-			}
+		if internalChain == ch.svc {
+			clusterIPMasq(&b, ch.svc)
 		}
 		r.balance(&b, ch.svc, sp, clusterEPs, seps)
 		out.chains = append(out.chains, chain{table: tableNAT, name: ch.svc, body: b.b.String(), rules: b.n})
@@ -290,6 +299,9 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 	// SWY-SVL: local policy.
 	if usesLocal {
 		var b ruleBuf
+		if internalChain == ch.svl {
+			clusterIPMasq(&b, ch.svl)
+		}
 		r.balance(&b, ch.svl, sp, localEPs, seps)
 		out.chains = append(out.chains, chain{table: tableNAT, name: ch.svl, body: b.b.String(), rules: b.n})
 	}
