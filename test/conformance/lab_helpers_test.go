@@ -102,15 +102,6 @@ func newScenarioLab(t *testing.T, pods []scenarios.Pod) *lab.Lab {
 		OutsideExtraIPs: extra,
 		Pods:            labPods(pods),
 	})
-	// The node's default route points back out of ext0, so an outside
-	// packet to an address no rule rewrote (a service without endpoints)
-	// is "forwarded" out of the interface it came in on and the kernel
-	// sends the client an ICMP redirect before the FORWARD hook. That
-	// redirect resets the per-host ICMP rate limiter, which then
-	// suppresses the REJECT's port-unreachable: the client sees its first
-	// SYN go unanswered and is refused only on the retransmit a second
-	// later. A node is not a router for its clients: turn redirects off.
-	l.MustExec(l.Node, "sh", "-c", "for i in all default "+l.ExtIface+"; do echo 0 > /proc/sys/net/ipv4/conf/$i/send_redirects; done")
 	return l
 }
 

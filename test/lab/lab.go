@@ -154,12 +154,21 @@ func New(t testing.TB, spec Spec) *Lab {
 
 	l.addNS(l.Node)
 	l.addNS(l.Outside)
+	// The node's default route points back out of its outside link, so an
+	// outside packet to an address no rule rewrote (a service without
+	// endpoints) would be "forwarded" out of the interface it came in on
+	// and draw an ICMP redirect before the FORWARD hook; that redirect
+	// uses up the per-host ICMP rate limit and suppresses the REJECT's
+	// port-unreachable. A node is not a router for its clients: redirects
+	// are off (default is set before the links exist, so they inherit it).
 	l.sysctls(l.Node, map[string]string{
-		"net/ipv4/ip_forward":              "1",
-		"net/ipv4/conf/all/route_localnet": "1",
-		"net/ipv4/conf/all/rp_filter":      "0",
-		"net/ipv4/conf/default/rp_filter":  "0",
-		"net/ipv4/conf/all/arp_ignore":     "0",
+		"net/ipv4/conf/all/send_redirects":     "0",
+		"net/ipv4/conf/default/send_redirects": "0",
+		"net/ipv4/ip_forward":                  "1",
+		"net/ipv4/conf/all/route_localnet":     "1",
+		"net/ipv4/conf/all/rp_filter":          "0",
+		"net/ipv4/conf/default/rp_filter":      "0",
+		"net/ipv4/conf/all/arp_ignore":         "0",
 	})
 	l.sysctls(l.Outside, map[string]string{"net/ipv4/ip_forward": "0"})
 
