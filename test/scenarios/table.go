@@ -142,6 +142,7 @@ func All() []Scenario {
 			Packets: []Packet{
 				{Name: "pod to iTP Local service: local endpoint only", Origin: FromPod, Proto: proxier.TCP, Dst: ap("10.96.6.1:80"), Expect: reach(false, "10.244.0.2:8080")},
 				{Name: "node to iTP Local service: local endpoint only", Origin: FromNode, Proto: proxier.TCP, Dst: ap("10.96.6.1:80"), Expect: reach(true, "10.244.0.2:8080")},
+				{Name: "outside to iTP Local service: local endpoint, masqueraded", Origin: FromOutside, Proto: proxier.TCP, Dst: ap("10.96.6.1:80"), Expect: reach(true, "10.244.0.2:8080")},
 				{Name: "iTP Local without local endpoints drops", Origin: FromPod, Proto: proxier.TCP, Dst: ap("10.96.6.2:80"), Expect: dropped},
 			},
 		},
