@@ -104,6 +104,8 @@ type savedTable struct {
 	// foreignJumps are rules of other chains that jump to ours, as saved
 	// ("-A CHAIN ...").
 	foreignJumps []string
+	// rules counts the rules of each chain that is not ours.
+	rules map[string]int
 }
 
 // saveTable runs iptables-save for one table and parses it.
@@ -116,7 +118,7 @@ func saveTable(ctx context.Context, ex Executor, t tools, table string) (*savedT
 }
 
 func parseSave(out []byte) *savedTable {
-	st := &savedTable{}
+	st := &savedTable{rules: map[string]int{}}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 0, 64*1024), 16*1024*1024)
 	for sc.Scan() {
@@ -126,6 +128,8 @@ func parseSave(out []byte) *savedTable {
 			name, _, _ := strings.Cut(line[1:], " ")
 			st.own = append(st.own, name)
 		case strings.HasPrefix(line, "-A ") && !strings.HasPrefix(line, "-A "+ChainPrefix):
+			name, _, _ := strings.Cut(line[3:], " ")
+			st.rules[name]++
 			if strings.Contains(line, " -j "+ChainPrefix) || strings.Contains(line, " -g "+ChainPrefix) {
 				st.foreignJumps = append(st.foreignJumps, line)
 			}
@@ -134,15 +138,15 @@ func parseSave(out []byte) *savedTable {
 	return st
 }
 
-// listOwnChains returns our chains per table as the kernel holds them.
-func listOwnChains(ctx context.Context, ex Executor, t tools) (map[string][]string, error) {
-	out := map[string][]string{}
+// saveTables runs iptables-save for each of our tables.
+func saveTables(ctx context.Context, ex Executor, t tools) (map[string]*savedTable, error) {
+	out := map[string]*savedTable{}
 	for _, table := range tableOrder {
 		st, err := saveTable(ctx, ex, t, table)
 		if err != nil {
 			return nil, fmt.Errorf("list chains: %w", err)
 		}
-		out[table] = st.own
+		out[table] = st
 	}
 	return out, nil
 }
@@ -177,25 +181,70 @@ var jumpRules = []jumpRule{
 	jr(tableFilter, "OUTPUT", chainServices, "switchyard service portals", ctNew...),
 }
 
-// ensureJumps checks each jump rule with -C and inserts the missing ones.
-// Rules are inserted at the top, walking the list backwards so that a
-// fresh node ends up with the list's order.
-func (b *Backend) ensureJumps(ctx context.Context, t tools) error {
-	for i := len(jumpRules) - 1; i >= 0; i-- {
-		j := jumpRules[i]
-		check := append([]string{"-w", "-t", j.table, "-C", j.chain}, j.args...)
-		if _, _, err := b.cfg.Executor.Run(ctx, nil, t.iptables, check...); err == nil {
-			continue
-		} else if ctx.Err() != nil {
-			return ctx.Err()
+// line returns the rule as restore input after op ("-A CHAIN" or
+// "-I CHAIN N"), quoting arguments that hold spaces.
+func (j jumpRule) line(op string) string {
+	var sb strings.Builder
+	sb.WriteString(op)
+	for _, a := range j.args {
+		sb.WriteByte(' ')
+		if strings.Contains(a, " ") {
+			a = `"` + a + `"`
 		}
-		ins := append([]string{"-w", "-t", j.table, "-I", j.chain, "1"}, j.args...)
-		if _, stderr, err := b.cfg.Executor.Run(ctx, nil, t.iptables, ins...); err != nil {
-			return fmt.Errorf("insert jump %s %s -> %s: %s: %w", j.table, j.chain, j.args[len(j.args)-1], trim(stderr), err)
-		}
-		b.log.Info("inserted jump rule", "table", j.table, "chain", j.chain, "target", j.args[len(j.args)-1])
+		sb.WriteString(a)
 	}
-	return nil
+	return sb.String()
+}
+
+// target returns the chain the rule jumps to.
+func (j jumpRule) target() string { return j.args[len(j.args)-1] }
+
+// comment returns the rule's comment text.
+func (j jumpRule) comment() string {
+	for i, a := range j.args {
+		if a == "--comment" && i+1 < len(j.args) {
+			return j.args[i+1]
+		}
+	}
+	return ""
+}
+
+// in reports whether the saved rules hold this jump: a rule of the same
+// built-in chain with the same comment and target.
+func (j jumpRule) in(saved *savedTable) bool {
+	prefix := "-A " + j.chain + " "
+	suffix := " -j " + j.target()
+	c := `--comment "` + j.comment() + `"`
+	for _, r := range saved.foreignJumps {
+		if strings.HasPrefix(r, prefix) && strings.HasSuffix(r, suffix) && strings.Contains(r, c) {
+			return true
+		}
+	}
+	return false
+}
+
+// missingJumps returns, per table, the lines that add the jump rules the
+// saved tables lack, at the top of their built-in chain in jumpRules'
+// order: "-I CHAIN 1", "-I CHAIN 2", ... so that each insert goes before a
+// rule the kernel already holds (iptables-nft cannot insert before a rule
+// added in the same transaction), or "-A CHAIN" when the chain is empty.
+func missingJumps(saved map[string]*savedTable) map[string][]string {
+	out := map[string][]string{}
+	added := map[string]int{} // "table chain" -> jumps added so far
+	for _, j := range jumpRules {
+		st := saved[j.table]
+		if st != nil && j.in(st) {
+			continue
+		}
+		key := j.table + " " + j.chain
+		added[key]++
+		op := "-A " + j.chain
+		if st != nil && st.rules[j.chain] > 0 {
+			op = "-I " + j.chain + " " + strconv.Itoa(added[key])
+		}
+		out[j.table] = append(out[j.table], j.line(op))
+	}
+	return out
 }
 
 // Cleanup implements proxier.Backend: it deletes every rule that jumps to
@@ -240,6 +289,10 @@ func (b *Backend) cleanupTools(ctx context.Context, t tools) error {
 		}
 		var sb strings.Builder
 		sb.WriteString("*" + table + "\n")
+		if t.nft {
+			// See restoreWriter.listAll.
+			sb.WriteString("-S\n")
+		}
 		own := slices.Clone(saved.own)
 		for _, c := range own {
 			sb.WriteString(":" + c + " - [0:0]\n")

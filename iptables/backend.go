@@ -18,6 +18,12 @@ import (
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
+// partialListAllChains is the number of chains a partial restore may name
+// in one table before it asks iptables-nft to load its whole chain cache
+// (restoreWriter.listAll): above it, one dump is cheaper than one request
+// per chain.
+const partialListAllChains = 2000
+
 // DefaultFullSyncInterval is how often a full sync rewrites every chain
 // even when nothing forces it.
 const DefaultFullSyncInterval = time.Hour
@@ -134,8 +140,9 @@ func (b *Backend) resolveMode(ctx context.Context) (Mode, error) {
 }
 
 // Sync implements proxier.Backend. Each snapshot is applied with at most
-// one iptables-restore; then the jumps from the built-in chains are checked
-// and restored if missing.
+// one iptables-restore (a partial sync whose restore finds the canary chain
+// gone runs a second one, full). A full sync also inserts the jumps from
+// the built-in chains that iptables-save does not show.
 func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.SyncResult, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -154,20 +161,9 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 		res.Rules += r.Rules
 		if err != nil {
 			errs = append(errs, fmt.Errorf("iptables %v: %w", s.Family, err))
-			continue
-		}
-		if err := b.ensureJumps(ctx, t); err != nil {
-			b.invalidate(s.Family)
-			errs = append(errs, fmt.Errorf("iptables %v: %w", s.Family, err))
 		}
 	}
 	return res, errors.Join(errs...)
-}
-
-func (b *Backend) invalidate(f proxier.IPFamily) {
-	if st := b.state[f]; st != nil {
-		st.valid = false
-	}
 }
 
 func (b *Backend) hash(s string) uint64 { return maphash.String(b.seed, s) }
@@ -193,14 +189,6 @@ func (b *Backend) syncFamily(ctx context.Context, t tools, snap *proxier.Snapsho
 		reason = "periodic"
 	case st.globals != globalsKey(snap):
 		reason = "node-wide settings changed"
-	default:
-		ok, err := b.canaryPresent(ctx, t)
-		if err != nil {
-			return proxier.SyncResult{}, err
-		}
-		if !ok {
-			reason = "canary chain missing"
-		}
 	}
 	if reason != "" {
 		return b.fullSync(ctx, t, r, st, reason)
@@ -231,7 +219,7 @@ func (b *Backend) fullSync(ctx context.Context, t tools, r *renderer, st *family
 	fixed := r.fixedChains(svcs)
 	w := fullWriter(fixed, svcs)
 
-	existing, err := listOwnChains(ctx, b.cfg.Executor, t)
+	saved, err := saveTables(ctx, b.cfg.Executor, t)
 	if err != nil {
 		st.valid = false
 		return res, err
@@ -241,12 +229,14 @@ func (b *Backend) fullSync(ctx context.Context, t tools, r *renderer, st *family
 		for _, c := range w.write[table] {
 			want[c.name] = true
 		}
-		for _, name := range existing[table] {
+		for _, name := range saved[table].own {
 			if !want[name] {
 				w.delete[table] = append(w.delete[table], name)
 			}
 		}
 	}
+	w.jumps = missingJumps(saved)
+	w.listAll = t.nft
 	text, rules := w.bytes(familyHeader(r.snap.Family))
 	if err := b.restore(ctx, t, text); err != nil {
 		st.valid = false
@@ -391,16 +381,31 @@ func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *fam
 		}
 	}
 	if w.empty() {
+		ok, err := b.canaryPresent(ctx, t)
+		if err != nil {
+			return res, err
+		}
+		if !ok {
+			return b.fullSync(ctx, t, r, st, "canary chain missing")
+		}
 		commit()
 		b.log.Debug("sync: nothing to write", "family", snap.Family, "changed", len(names))
 		return res, nil
 	}
+	w.canary = true
 	for _, table := range tableOrder {
 		slices.Sort(w.delete[table])
+		if t.nft && w.chainsNamed(table) > partialListAllChains {
+			w.listAll = true
+		}
 	}
 	text, rules := w.bytes(familyHeader(snap.Family))
 	if err := b.restore(ctx, t, text); err != nil {
 		st.valid = false
+		var re *RestoreError
+		if errors.As(err, &re) && re.Text == canaryCheck {
+			return b.fullSync(ctx, t, r, st, "canary chain missing")
+		}
 		return res, err
 	}
 	commit()

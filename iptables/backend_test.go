@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -102,9 +103,42 @@ func TestFirstSyncIsFullAndSecondWritesNothing(t *testing.T) {
 	if len(calls) != 1 {
 		t.Fatalf("first sync made %d restore calls, want 1", len(calls))
 	}
+	// The full sync writes Render's text plus, in each table, the jump
+	// rules (into an empty kernel: appended) after their targets'
+	// declarations, then "-S" (nft), then the other declarations.
 	want, _ := Render([]*proxier.Snapshot{s})
-	if calls[0] != want {
-		t.Errorf("full sync input differs from Render:\n%s", lineDiff(want, calls[0]))
+	var sent []string
+	for _, l := range strings.SplitAfter(calls[0], "\n") {
+		f := strings.Fields(l)
+		if l != "-S\n" && !(len(f) > 1 && (f[0] == "-A" || f[0] == "-I") && !strings.HasPrefix(f[1], ChainPrefix)) {
+			sent = append(sent, l)
+		}
+	}
+	sorted := func(text string) string {
+		// Declarations may move within their table; nothing else may.
+		var out []string
+		var decls []string
+		for _, l := range strings.SplitAfter(text, "\n") {
+			if strings.HasPrefix(l, ":") {
+				decls = append(decls, l)
+				continue
+			}
+			if len(decls) > 0 {
+				slices.Sort(decls)
+				out = append(out, decls...)
+				decls = nil
+			}
+			out = append(out, l)
+		}
+		return strings.Join(out, "")
+	}
+	if got := sorted(strings.Join(sent, "")); got != sorted(want) {
+		t.Errorf("full sync input differs from Render:\n%s", lineDiff(sorted(want), got))
+	}
+	for _, l := range []string{"\n-S\n:SWY-CANARY - [0:0]\n", "*nat\n:SWY-POSTROUTING - [0:0]\n:SWY-SERVICES - [0:0]\n-A PREROUTING -m comment --comment \"switchyard service portals\" -j SWY-SERVICES\n"} {
+		if !strings.Contains(calls[0], l) {
+			t.Errorf("full sync input lacks %q:\n%s", l, calls[0])
+		}
 	}
 	assertConverged(t, k, reference(t, s))
 	// Jump rules are in place.
@@ -222,15 +256,15 @@ func TestFailedRestoreKeepsRulesAndNextSyncIsFull(t *testing.T) {
 	before := k.dump("iptables-nft")
 
 	s2 := next(webSnapshot(ep("10.244.9.9:8080", false)), webName)
-	k.failRestore = 3
+	k.failRestore = 4 // line 3 is the canary check
 	_, err := b.Sync(context.Background(), []*proxier.Snapshot{s2})
 	var re *RestoreError
 	if !errors.As(err, &re) {
 		t.Fatalf("Sync error %v, want a RestoreError", err)
 	}
 	lines := strings.Split(k.restoreCalls()[len(k.restoreCalls())-1], "\n")
-	if re.Line != 3 || re.Text != lines[2] || !strings.Contains(err.Error(), lines[2]) {
-		t.Errorf("error names line %d %q, want line 3 %q (err: %v)", re.Line, re.Text, lines[2], err)
+	if re.Line != 4 || re.Text != lines[3] || !strings.Contains(err.Error(), lines[3]) {
+		t.Errorf("error names line %d %q, want line 4 %q (err: %v)", re.Line, re.Text, lines[3], err)
 	}
 	if got := k.dump("iptables-nft"); !reflect.DeepEqual(got, before) {
 		t.Fatal("a failed restore changed the rules")
@@ -272,6 +306,54 @@ func TestCanaryMissingForcesFullSync(t *testing.T) {
 		t.Fatalf("result %+v, want a full write", res)
 	}
 	assertConverged(t, k, reference(t, s))
+}
+
+func TestCanaryMissingAtPartialWriteForcesFullSync(t *testing.T) {
+	k := newFakeKernel()
+	b, _ := newFakeBackend(t, k, ModeNFT)
+	s1 := webSnapshot(ep("10.244.1.5:8080", true))
+	mustSync(t, b, s1)
+	k.tables["iptables-nft"][tableNAT] = nil
+	k.resetCalls()
+	// A change: the partial restore opens nat with the canary check, fails
+	// there, and the same Sync rewrites everything.
+	s2 := next(webSnapshot(ep("10.244.1.5:8080", true), ep("10.244.2.5:8080", false)), webName)
+	res := mustSync(t, b, s2)
+	if !res.Full || !res.Wrote {
+		t.Fatalf("result %+v, want a full write", res)
+	}
+	calls := k.restoreCalls()
+	if len(calls) != 2 || !strings.Contains(calls[0], "*nat\n"+canaryCheck+"\n") {
+		t.Fatalf("restores %q, want a partial one with the canary check, then a full one", calls)
+	}
+	assertConverged(t, k, reference(t, s2))
+	// The jump rules came back with the full sync.
+	if got := k.dump("iptables-nft")[tableNAT]["PREROUTING"]; len(got) != 1 {
+		t.Errorf("PREROUTING = %q, want our jump once", got)
+	}
+}
+
+func TestFullSyncRestoresOnlyMissingJumps(t *testing.T) {
+	k := newFakeKernel()
+	b, c := newFakeBackend(t, k, ModeNFT)
+	s := webSnapshot(ep("10.244.1.5:8080", true))
+	mustSync(t, b, s)
+	want := k.dump("iptables-nft")
+	// Someone deletes one jump rule; the next (periodic) full sync puts
+	// it back and leaves the others alone.
+	k.tables["iptables-nft"][tableFilter].rules["FORWARD"] = k.tables["iptables-nft"][tableFilter].rules["FORWARD"][1:]
+	c.t = c.t.Add(2 * time.Hour)
+	k.resetCalls()
+	if res := mustSync(t, b, next(s)); !res.Full {
+		t.Fatal("want a periodic full sync")
+	}
+	in := k.restoreCalls()[0]
+	if n := strings.Count(in, "\n-I "); n != 1 || !strings.Contains(in, "\n-I FORWARD 1 ") {
+		t.Errorf("full sync inserts %d jumps, want the one FORWARD jump:\n%s", n, in)
+	}
+	if got := k.dump("iptables-nft"); !reflect.DeepEqual(got, want) {
+		t.Errorf("tables after repair differ:\n%v\nwant\n%v", got, want)
+	}
 }
 
 func TestPeriodicAndGlobalFullSync(t *testing.T) {

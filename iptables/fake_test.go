@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -189,6 +190,7 @@ func (k *fakeKernel) restore(base, input string) error {
 	var cur *fakeTable
 	var curName string
 	staged := map[string]*fakeTable{}
+	added := map[string][]string{} // table -> rules added by this restore
 	for i, line := range strings.Split(input, "\n") {
 		n := i + 1
 		fail := func(format string, a ...any) error {
@@ -222,6 +224,32 @@ func (k *fakeKernel) restore(base, input string) error {
 				return fail("%v", err)
 			}
 			cur.rules[chain] = append(cur.rules[chain], rule)
+			added[curName] = append(added[curName], rule)
+		case line == "-S":
+			// Listing: iptables-nft loads its whole cache; nothing changes.
+		case strings.HasPrefix(line, "-F "):
+			name := line[3:]
+			if _, ok := cur.rules[name]; !ok {
+				return fail("No chain/target/match by that name")
+			}
+			cur.rules[name] = nil
+		case strings.HasPrefix(line, "-I "):
+			chain, rest, _ := strings.Cut(line[3:], " ")
+			pos, rule, _ := strings.Cut(rest, " ")
+			if _, ok := cur.rules[chain]; !ok {
+				return fail("no chain %s", chain)
+			}
+			i, err := strconv.Atoi(pos)
+			// Like iptables-nft, refuse to insert before nothing or before
+			// a rule added in this same restore.
+			if err != nil || i < 1 || i > len(cur.rules[chain]) || slices.Contains(added[curName], cur.rules[chain][i-1]) {
+				return fail("RULE_INSERT failed (No such file or directory): rule in chain %s", chain)
+			}
+			if err := cur.checkTarget(rule); err != nil {
+				return fail("%v", err)
+			}
+			cur.rules[chain] = slices.Insert(cur.rules[chain], i-1, rule)
+			added[curName] = append(added[curName], rule)
 		case strings.HasPrefix(line, "-D "):
 			chain, rule, _ := strings.Cut(line[3:], " ")
 			i := slices.Index(cur.rules[chain], rule)

@@ -24,6 +24,8 @@ const (
 // tools names the three binaries of one flavour and family.
 type tools struct {
 	iptables, save, restore string
+	// nft is true for the iptables-nft flavour.
+	nft bool
 }
 
 func toolsFor(m Mode, f proxier.IPFamily) tools {
@@ -32,7 +34,7 @@ func toolsFor(m Mode, f proxier.IPFamily) tools {
 		base = "ip6tables"
 	}
 	base += "-" + string(m)
-	return tools{iptables: base, save: base + "-save", restore: base + "-restore"}
+	return tools{iptables: base, save: base + "-save", restore: base + "-restore", nft: m == ModeNFT}
 }
 
 // countRules runs the save tool of mode m for both families and counts rule

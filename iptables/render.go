@@ -449,19 +449,39 @@ type restoreWriter struct {
 	// per table: chains to (re)write and chains to delete.
 	write  map[string][]*chain
 	delete map[string][]string
+	// jumps are extra lines per table written after the chain declarations
+	// (the -I lines of missing jump rules on a full sync).
+	jumps map[string][]string
+	// listAll opens each table with "-S": iptables-nft then loads its chain
+	// cache with one dump instead of one request per chain the input names
+	// (and keeps that list sorted by insertion), which is quadratic in the
+	// number of chains. The listing goes to the tool's stdout.
+	listAll bool
+	// canary opens each table written with "-F SWY-CANARY": the restore
+	// fails at that line when someone deleted our chains, and the sync
+	// turns full.
+	canary bool
 }
 
+// canaryCheck is the line a partial restore opens each table with.
+const canaryCheck = "-F " + chainCanary
+
 func newRestoreWriter() *restoreWriter {
-	return &restoreWriter{write: map[string][]*chain{}, delete: map[string][]string{}}
+	return &restoreWriter{write: map[string][]*chain{}, delete: map[string][]string{}, jumps: map[string][]string{}}
 }
 
 func (w *restoreWriter) empty() bool {
 	for _, t := range tableOrder {
-		if len(w.write[t]) > 0 || len(w.delete[t]) > 0 {
+		if len(w.write[t]) > 0 || len(w.delete[t]) > 0 || len(w.jumps[t]) > 0 {
 			return false
 		}
 	}
 	return true
+}
+
+// chainsNamed counts the chains the input declares in table.
+func (w *restoreWriter) chainsNamed(table string) int {
+	return len(w.write[table]) + len(w.delete[table])
 }
 
 // bytes returns the restore text and the number of rules it writes.
@@ -472,18 +492,44 @@ func (w *restoreWriter) bytes(header string) ([]byte, int) {
 		for _, c := range w.write[t] {
 			size += len(c.name) + 10 + len(c.body)
 		}
-		size += 64 * len(w.delete[t])
+		size += 64*len(w.delete[t]) + 128*len(w.jumps[t]) + 64
 	}
 	sb.Grow(size + 64)
 	sb.WriteString(header)
 	rules := 0
 	for _, t := range tableOrder {
-		if len(w.write[t]) == 0 && len(w.delete[t]) == 0 {
+		if len(w.write[t]) == 0 && len(w.delete[t]) == 0 && len(w.jumps[t]) == 0 {
 			continue
 		}
 		sb.WriteString("*" + t + "\n")
+		if w.canary {
+			sb.WriteString(canaryCheck + "\n")
+		}
+		// The jumps' targets are declared first, then the jumps. "-S" must
+		// come after every line that adds to a built-in chain: listing
+		// puts the built-in chains a fresh table lacks into iptables-nft's
+		// cache without creating them, and a later append to one fails.
+		early := map[string]bool{}
+		for _, l := range w.jumps[t] {
+			if i := strings.LastIndex(l, " -j "); i >= 0 {
+				early[l[i+4:]] = true
+			}
+		}
 		for _, c := range w.write[t] {
-			sb.WriteString(":" + c.name + " - [0:0]\n")
+			if early[c.name] {
+				sb.WriteString(":" + c.name + " - [0:0]\n")
+			}
+		}
+		for _, l := range w.jumps[t] {
+			sb.WriteString(l + "\n")
+		}
+		if w.listAll {
+			sb.WriteString("-S\n")
+		}
+		for _, c := range w.write[t] {
+			if !early[c.name] {
+				sb.WriteString(":" + c.name + " - [0:0]\n")
+			}
 		}
 		for _, name := range w.delete[t] {
 			sb.WriteString(":" + name + " - [0:0]\n")
@@ -492,6 +538,7 @@ func (w *restoreWriter) bytes(header string) ([]byte, int) {
 			sb.WriteString(c.body)
 			rules += c.rules
 		}
+		rules += len(w.jumps[t])
 		for _, name := range w.delete[t] {
 			sb.WriteString("-X " + name + "\n")
 		}
