@@ -9,10 +9,14 @@
 //   - render: time, bytes, lines, chains of the full-sync restore input;
 //   - full: the backend's first Sync (what switchyard does at start-up);
 //   - change: a one-endpoint change (partial Sync), repeated, p50/p90;
+//   - resync: a full Sync over the whole ruleset (periodic / recovery);
 //   - plain: a plain `iptables-restore` (no --noflush) of the same text
 //     into a second fresh namespace: what the kernel alone costs;
-//   - saveorder (optional): `--noflush` of the text in iptables-save
-//     order (declarations sorted, rules grouped by sorted chain).
+//   - noflush (optional): `--noflush` of the same text (Render's, without
+//     the "-S" line a full sync adds for iptables-nft) into a fresh
+//     namespace: how the layout fared before that line;
+//   - saveorder (optional): the same, in iptables-save order
+//     (declarations sorted, rules grouped by sorted chain).
 //
 // Run as root: go run ./test/bench/iptables -n 1000,5000 -modes nft,legacy
 package main
@@ -47,6 +51,7 @@ func main() {
 	changes := flag.Int("changes", 5, "one-endpoint changes to time after the full sync")
 	baselines := flag.String("baselines", "plain", "comma-separated in-run baselines: plain, saveorder (empty for none)")
 	dump := flag.String("dump", "", "write the rendered text of the first N to this file and exit")
+	flag.BoolVar(&verbose, "v", false, "print the restore input of the last one-endpoint change")
 	flag.Parse()
 
 	var counts []int
@@ -79,6 +84,8 @@ func main() {
 		}
 	}
 }
+
+var verbose bool
 
 func fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench-iptables: "+format+"\n", args...)
@@ -308,12 +315,25 @@ func run(n, m int, mode iptables.Mode, changes int, baselines []string) error {
 		bytesW = res.Bytes
 		snap = c
 	}
+	if verbose && changes > 0 {
+		fmt.Printf("%s", rec.lastRestore)
+	}
 	if changes > 0 {
 		slices.Sort(took)
 		slices.Sort(childTook)
 		fmt.Printf("  one-endpoint change p50 %s p90 %s (restore child p50 %s), %d bytes\n",
 			ms(took[len(took)/2]), ms(took[len(took)*9/10]), ms(childTook[len(childTook)/2]), bytesW)
 	}
+
+	// A full sync over the whole ruleset (periodic, or after a failure).
+	c := *snap
+	c.FullSync = true
+	start = time.Now()
+	res, err = be.Sync(ctx, []*proxier.Snapshot{&c})
+	if err != nil || !res.Full {
+		return fmt.Errorf("resync: %+v %v", res, err)
+	}
+	fmt.Printf("  full resync    %8s (restore child %s)\n", ms(time.Since(start)), ms(rec.restoreTook))
 
 	for _, b := range baselines {
 		var args []string
