@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -368,8 +369,25 @@ func (b *Backend) hooksPresent(ctx context.Context, t ipt) bool {
 	return true
 }
 
+// localAddresses returns the addresses of this network namespace's
+// interfaces (node ports live on them).
+func localAddresses() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return out
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out[p.Addr().Unmap()] = true
+		}
+	}
+	return out
+}
+
 // Cleanup implements proxier.Backend: it deletes the virtual servers on
-// the addresses of swy-ipvs0 and those with a switchyard fwmark, the
+// the addresses of swy-ipvs0, those with a switchyard fwmark and those on
+// a local address in the node-port range, the
 // dummy interface, every SWY-IPVS- chain (both families, both flavours)
 // and every SWY- ipset. Foreign virtual servers are left alone.
 func (b *Backend) Cleanup(ctx context.Context) error {
@@ -389,7 +407,10 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		if err != nil {
 			errs = append(errs, err)
 		}
-		ops, _ := Diff(&State{}, &Dump{Servers: servers, Addresses: addrs}, DiffOptions{Now: b.cfg.Now(), Owned: func(k Key) bool { return b.created[k] }})
+		local := localAddresses()
+		ops, _ := Diff(&State{}, &Dump{Servers: servers, Addresses: addrs}, DiffOptions{Now: b.cfg.Now(), Owned: func(k Key) bool {
+			return b.created[k] || local[k.Addr] && k.Port >= b.cfg.NodePortMin && k.Port <= b.cfg.NodePortMax
+		}})
 		for _, o := range ops {
 			if o.Kind == OpDelService {
 				if err := b.applyOp(ctx, k, o); err != nil {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 
@@ -144,11 +145,18 @@ func TestKernelSyncIdempotentCleanup(t *testing.T) {
 			return b
 		}
 		ctx := context.Background()
+		// The node's addresses (node ports answer on them).
+		for _, a := range []string{"192.168.50.10/32", "10.0.2.15/32"} {
+			run(t, ex, "ip", "addr", "add", a, "dev", "lo")
+		}
+		run(t, ex, "ip", "link", "set", "lo", "up")
 		// A foreign virtual server that must survive everything.
 		run(t, ex, "ipvsadm", "-A", "-t", "172.30.0.1:8080", "-s", "wlc")
 
 		snap := richSnapshot()
 		b := newBackend()
+		start := time.Now()
+		defer func() { t.Logf("test body took %s", time.Since(start)) }()
 		if _, err := b.Sync(ctx, []*proxier.Snapshot{snap}); err != nil {
 			t.Fatalf("first sync: %v", err)
 		}
@@ -172,6 +180,7 @@ func TestKernelSyncIdempotentCleanup(t *testing.T) {
 			t.Errorf("net/ipv4/vs/conntrack = %s", v)
 		}
 		// The dump parses back to exactly the desired state.
+		t.Logf("first sync done after %s", time.Since(start))
 		ck.writes = nil
 		if res, err := b.Sync(ctx, []*proxier.Snapshot{snap}); err != nil || res.Wrote || len(ck.writes) != 0 {
 			t.Fatalf("second sync: err=%v wrote=%v netlink writes=%v", err, res.Wrote, ck.writes)
@@ -195,7 +204,7 @@ func TestKernelSyncIdempotentCleanup(t *testing.T) {
 			t.Fatalf("cleanup: %v", err)
 		}
 		got = ipvsadmBlocks(run(t, ex, "ipvsadm", "-Ln"))
-		if len(got) != 1 || got["TCP 172.30.0.1:8080 wlc"] == nil {
+		if _, ok := got["TCP 172.30.0.1:8080 wlc"]; len(got) != 1 || !ok {
 			t.Errorf("after cleanup: %v", got)
 		}
 		if out, _, _ := ex.Run(ctx, nil, "ip", "link", "show", DummyInterface); len(out) != 0 {
