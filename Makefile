@@ -42,9 +42,13 @@ lint:
 	$(GO) vet $(PKGS)
 	$(GO) run $(STATICCHECK) $(PKGS)
 
-## demo: build everything and show switchyard balancing real traffic.
-demo: deps build
-	bash test/demo/demo.sh
+## demo: build everything and show switchyard balancing real traffic
+## (make demo MODE=ipvs picks the proxy mode; DEMO_SOURCE=manifests skips
+## the API server). demo.sh builds the binaries itself, with progress lines.
+MODE        ?= iptables
+DEMO_SOURCE ?= api
+demo: deps
+	MODE=$(MODE) DEMO_SOURCE=$(DEMO_SOURCE) GO=$(GO) bash test/demo/demo.sh
 
 clean:
 	rm -rf $(BIN)

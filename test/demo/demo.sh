@@ -89,10 +89,12 @@ cleanup() {
 	fi
 	echo
 	say "==> tearing down"
+	local running=()
 	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		kill -0 "${PIDS[i]}" 2>/dev/null && running+=("${PIDS[i]}")
 		stop_pid "${PIDS[i]}"
 	done
-	((${#PIDS[@]})) && say "    stopped ${#PIDS[@]} processes (pids ${PIDS[*]})"
+	((${#running[@]})) && say "    stopped ${#running[@]} processes by pid: ${running[*]}"
 	for ((i = ${#NAMESPACES[@]} - 1; i >= 0; i--)); do
 		ip netns del "${NAMESPACES[i]}" 2>/dev/null
 	done
@@ -162,36 +164,55 @@ TMP=$(mktemp -d /tmp/$P.XXXXXX)
 say "switchyard demo: MODE=$MODE DEMO_SOURCE=$DEMO_SOURCE, $COUNT requests per measurement"
 
 # ---------------------------------------------------------------- build
-step "building switchyard, swy-echo and swy-demo"
-mkdir -p "$BIN" "$CACHE_BIN"
-(cd "$ROOT" && "$GO" build -o "$BIN/switchyard" ./cmd/switchyard &&
-	"$GO" build -o "$BIN/swy-echo" ./test/echo/cmd/swy-echo &&
-	"$GO" build -o "$BIN/swy-demo" ./test/demo/cmd/swy-demo) || die "go build"
-
-if [[ $DEMO_SOURCE == api ]]; then
-	step "building the control plane (etcd + kube-apiserver, test/cluster/cmd/swy-testcluster)"
-	if [[ ! -x $CACHE_BIN/swy-testcluster ]]; then
-		say "    first run: kube-apiserver and etcd compile from source; this takes about 5 minutes"
-		say "    (later runs reuse Go's build cache and take seconds)"
+# go_build NAME DIR LOCK OUT PKG...: `go build -v -o OUT PKG...` in DIR under
+# flock LOCK, printing a progress line every 20 s (a cold build compiles
+# hundreds of packages: client-go for switchyard, all of kube-apiserver and
+# etcd for swy-testcluster).
+go_build() {
+	local name=$1 dir=$2 lock=$3 out=$4 total="" t0 last now n pid log
+	shift 4
+	log=$TMP/build-$name.log
+	local probe=${out%/}
+	[[ -d $probe ]] && probe=$probe/$name
+	if [[ ! -x $probe ]]; then
+		total=$(cd "$dir" && "$GO" list -deps "$@" 2>/dev/null | sort -u | wc -l) || total=""
 	fi
-	# Same lock as test/cluster's Go helper, so a concurrent test build
-	# and this one do not write the binary at the same time.
-	start - "$TMP/build.log" flock "$CACHE_BIN/swy-testcluster.lock" \
-		sh -c "cd '$ROOT/test/cluster' && exec '$GO' build -v -o '$CACHE_BIN/swy-testcluster' ./cmd/swy-testcluster"
-	build_pid=$STARTED
+	start - "$log" flock "$lock" sh -c 'cd "$1" && shift && exec "$@"' sh \
+		"$dir" "$GO" build -v -o "$out" "$@"
+	pid=$STARTED
 	t0=$(date +%s)
 	last=$t0
-	while kill -0 "$build_pid" 2>/dev/null; do
+	while kill -0 "$pid" 2>/dev/null; do
 		sleep 1
 		now=$(date +%s)
 		if ((now - last >= 20)); then
 			last=$now
-			n=$(wc -l <"$TMP/build.log")
-			say "    still compiling: $((now - t0))s, $n packages built (now $(tail -n 1 "$TMP/build.log"))"
+			n=$(wc -l <"$log")
+			say "    still compiling $name: $((now - t0))s, $n${total:+ of at most $total} packages built (now $(tail -n 1 "$log"))"
 		fi
 	done
-	wait "$build_pid" || { cat "$TMP/build.log" >&2; die "building swy-testcluster"; }
-	say "    swy-testcluster ready ($(($(date +%s) - t0))s)"
+	wait "$pid" || { cat "$log" >&2; die "building $name"; }
+	say "    built in $(($(date +%s) - t0))s"
+}
+
+step "building switchyard, swy-echo and swy-demo"
+mkdir -p "$BIN/" "$CACHE_BIN"
+if [[ ! -x $BIN/switchyard ]]; then
+	say "    first build on this machine compiles client-go: a few minutes"
+fi
+go_build switchyard "$ROOT" "$CACHE_BIN/demo-build.lock" "$BIN/" \
+	./cmd/switchyard ./test/echo/cmd/swy-echo ./test/demo/cmd/swy-demo
+
+if [[ $DEMO_SOURCE == api ]]; then
+	step "building the control plane (etcd + kube-apiserver, test/cluster/cmd/swy-testcluster)"
+	if [[ ! -x $CACHE_BIN/swy-testcluster ]]; then
+		say "    first run: kube-apiserver and etcd compile from source; this takes 5 to 15 minutes on 2 cores"
+		say "    (later runs reuse Go's build cache and take seconds)"
+	fi
+	# Same lock as test/cluster's Go helper, so a concurrent test build
+	# and this one do not write the binary at the same time.
+	go_build swy-testcluster "$ROOT/test/cluster" "$CACHE_BIN/swy-testcluster.lock" \
+		"$CACHE_BIN/swy-testcluster" ./cmd/swy-testcluster
 fi
 
 # ---------------------------------------------------------------- lab
@@ -302,7 +323,18 @@ pick_save() { # follow switchyard's auto flavour choice: legacy if only it holds
 programmed() { # number of endpoints the service's rules balance over
 	case $MODE in
 	iptables)
-		nat_rules | grep -c -- "^-A SWY-SVC-.*\"$SVC -> " || true
+		# The service's endpoint rules, and the hooks that lead to them:
+		# switchyard inserts the jump rules after its first restore, so
+		# the chains exist a moment before packets reach them.
+		local text
+		text=$(nat_rules)
+		if grep -q -- '^-A PREROUTING .*-j SWY-SERVICES' <<<"$text" &&
+			grep -q -- '^-A OUTPUT .*-j SWY-SERVICES' <<<"$text" &&
+			grep -q -- '^-A POSTROUTING .*-j SWY-POSTROUTING' <<<"$text"; then
+			grep -c -- "^-A SWY-SVC-.*\"$SVC -> " <<<"$text" || true
+		else
+			echo -1
+		fi
 		;;
 	ipvs)
 		ip netns exec "$NODE_NS" ipvsadm -Ln -t "$CLUSTER_IP:$PORT" 2>/dev/null | grep -c -- '->.*Masq\|->.*Route' || true
@@ -325,6 +357,7 @@ wait_programmed() { # wait_programmed N: poll until the rules hold N endpoints
 		fi
 		sleep 0.1
 	done
+	((got < 0)) && die "after 60s switchyard's jump rules (nat PREROUTING/OUTPUT/POSTROUTING) are still missing"
 	die "after 60s the rules balance $SVC over $got endpoints, want $want"
 }
 show_rules() {
