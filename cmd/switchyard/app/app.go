@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/switchyard-proxy/switchyard/iptables"
+	"github.com/switchyard-proxy/switchyard/ipvs"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -174,8 +175,47 @@ func newBackend(o *Options, log *slog.Logger) (proxier.Backend, error) {
 			return nil, fmt.Errorf("iptables mode: %w", err)
 		}
 		return b, nil
-	case ModeIPVS, ModeNFTables:
-		return nil, fmt.Errorf("proxy mode %s is not implemented yet (use --proxy-mode=iptables)", o.ProxyMode)
+	case ModeIPVS:
+		lo, hi, err := parsePortRange(o.NodePortRange)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		b, err := ipvs.New(ipvs.Config{
+			Scheduler:    o.IPVSScheduler,
+			GracePeriod:  o.IPVSGracePeriod,
+			StrictARP:    o.IPVSStrictARP,
+			NodePortMin:  lo,
+			NodePortMax:  hi,
+			IPTablesMode: iptables.Mode(o.IPTablesBackend),
+			Logger:       log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("ipvs mode: %w", err)
+		}
+		return b, nil
+	case ModeNFTables:
+		return nil, fmt.Errorf("proxy mode %s is not implemented yet (use --proxy-mode=iptables or ipvs)", o.ProxyMode)
 	}
 	return nil, usageError{fmt.Errorf("unknown proxy mode %q", o.ProxyMode)}
+}
+
+// cleanupAll removes what every mode may have left: like kube-proxy's
+// --cleanup, it does not depend on the mode the node ran before.
+func cleanupAll(ctx context.Context, o *Options, log *slog.Logger) error {
+	var errs []error
+	for _, mode := range []string{ModeIPTables, ModeIPVS} {
+		mo := *o
+		mo.ProxyMode = mode
+		b, err := backendFactory(&mo, log)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := b.Cleanup(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("cleanup of %s mode: %w", b.Name(), err))
+			continue
+		}
+		log.Info("cleanup done", "mode", b.Name())
+	}
+	return errors.Join(errs...)
 }

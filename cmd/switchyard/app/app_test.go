@@ -189,8 +189,12 @@ func TestPlanAndRulesCommands(t *testing.T) {
 	if !strings.Contains(stderr, "demo/broken") {
 		t.Errorf("rules must warn about the broken service: %s", stderr)
 	}
-	code, _, stderr = runMain(t, "rules", "--manifests", dir, "--proxy-mode", "ipvs")
+	code, out, stderr = runMain(t, "rules", "--manifests", dir, "--hostname-override", "node-a", "--proxy-mode", "ipvs")
+	if code != 0 || !strings.Contains(out, "TCP  10.96.0.80:80 rr") || !strings.Contains(out, "-> 10.244.0.11:8080") || strings.Contains(out, "10.244.0.12:8080") {
+		t.Errorf("ipvs rules: exit %d %q\n%s", code, stderr, out)
+	}
+	code, _, stderr = runMain(t, "rules", "--manifests", dir, "--proxy-mode", "nftables")
 	if code != 1 || !strings.Contains(stderr, "not implemented yet") {
-		t.Errorf("ipvs rules: exit %d %q", code, stderr)
+		t.Errorf("nftables rules: exit %d %q", code, stderr)
 	}
 }

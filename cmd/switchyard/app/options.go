@@ -50,6 +50,8 @@ type Options struct {
 	Once               bool
 	ServiceProxyName   string
 	IPVSScheduler      string
+	IPVSStrictARP      bool
+	IPVSGracePeriod    time.Duration
 	IPTablesBackend    string
 	LogLevel           string
 }
@@ -85,6 +87,8 @@ func (o *Options) addFlags(fs *pflag.FlagSet, daemon bool) {
 	fs.StringVar(&o.Manifests, "manifests", o.Manifests, "standalone mode: read Services, EndpointSlices, Node and Pods from the YAML files of this folder instead of the API server")
 	fs.StringVar(&o.ServiceProxyName, "service-proxy-name", o.ServiceProxyName, "proxy services whose service.kubernetes.io/service-proxy-name label has this value (and those without it)")
 	fs.StringVar(&o.IPVSScheduler, "ipvs-scheduler", o.IPVSScheduler, "the IPVS scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh)")
+	fs.BoolVar(&o.IPVSStrictARP, "ipvs-strict-arp", o.IPVSStrictARP, "set arp_ignore=1 and arp_announce=2 so the node does not answer ARP for service VIPs (as kube-proxy's --ipvs-strict-arp)")
+	fs.DurationVar(&o.IPVSGracePeriod, "ipvs-grace-period", o.IPVSGracePeriod, "how long a removed IPVS real server keeps its connections (weight 0) before it is deleted; 0 means 15m")
 	fs.StringVar(&o.IPTablesBackend, "iptables-backend", o.IPTablesBackend, "iptables flavour: auto (the one holding more rules), nft or legacy")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
 	if !daemon {
@@ -108,7 +112,7 @@ var supportedConfigFields = map[string]bool{
 	"healthzBindAddress": true, "metricsBindAddress": true, "clientConnection.kubeconfig": true,
 	"iptables.masqueradeAll": true, "iptables.masqueradeBit": true,
 	"iptables.syncPeriod": true, "iptables.minSyncPeriod": true,
-	"ipvs.scheduler": true, "ipvs.syncPeriod": true, "ipvs.minSyncPeriod": true,
+	"ipvs.scheduler": true, "ipvs.syncPeriod": true, "ipvs.minSyncPeriod": true, "ipvs.strictARP": true,
 	"nftables.masqueradeAll": true, "nftables.masqueradeBit": true,
 	"nftables.syncPeriod": true, "nftables.minSyncPeriod": true,
 }
@@ -167,6 +171,9 @@ func (o *Options) loadConfigFile(path string, explicit map[string]bool) ([]strin
 	}
 	if cfg.IPVS.Scheduler != "" {
 		set("ipvs-scheduler", func() { o.IPVSScheduler = cfg.IPVS.Scheduler })
+	}
+	if cfg.IPVS.StrictARP {
+		set("ipvs-strict-arp", func() { o.IPVSStrictARP = true })
 	}
 	// Masquerading and sync periods live in the section of the chosen mode.
 	masqAll, masqBit := cfg.IPTables.MasqueradeAll, cfg.IPTables.MasqueradeBit
@@ -281,22 +288,23 @@ func (o *Options) validate() (*settings, error) {
 		return nil, fmt.Errorf("--nodeport-addresses: %w", err)
 	}
 	s.nodePortSel = sel
-	lo, hi, ok := strings.Cut(o.NodePortRange, "-")
-	a, errA := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
-	b, errB := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
-	if !ok || errA != nil || errB != nil || a == 0 || a > b {
-		return nil, fmt.Errorf("--service-node-port-range %q: want MIN-MAX within 1-65535", o.NodePortRange)
+	lo, hi, err := parsePortRange(o.NodePortRange)
+	if err != nil {
+		return nil, err
 	}
-	s.nodePortRange = [2]uint16{uint16(a), uint16(b)}
+	s.nodePortRange = [2]uint16{lo, hi}
+	if o.IPVSGracePeriod < 0 {
+		return nil, fmt.Errorf("--ipvs-grace-period %v: must not be negative", o.IPVSGracePeriod)
+	}
 	switch o.IPTablesBackend {
 	case "auto", "nft", "legacy":
 	default:
 		return nil, fmt.Errorf("--iptables-backend %q: want auto, nft or legacy", o.IPTablesBackend)
 	}
 	switch o.IPVSScheduler {
-	case "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh":
+	case "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh", "fo", "ovf", "twos":
 	default:
-		return nil, fmt.Errorf("--ipvs-scheduler %q: want rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq or mh", o.IPVSScheduler)
+		return nil, fmt.Errorf("--ipvs-scheduler %q: want rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh, fo, ovf or twos", o.IPVSScheduler)
 	}
 	s.nodeName = strings.ToLower(strings.TrimSpace(o.HostnameOverride))
 	if s.nodeName == "" {
@@ -310,4 +318,15 @@ func (o *Options) validate() (*settings, error) {
 		return nil, errors.New("--once and --cleanup cannot be combined")
 	}
 	return s, nil
+}
+
+// parsePortRange parses "MIN-MAX" (--service-node-port-range).
+func parsePortRange(v string) (uint16, uint16, error) {
+	lo, hi, ok := strings.Cut(v, "-")
+	a, errA := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	b, errB := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if !ok || errA != nil || errB != nil || a == 0 || a > b {
+		return 0, 0, fmt.Errorf("--service-node-port-range %q: want MIN-MAX within 1-65535", v)
+	}
+	return uint16(a), uint16(b), nil
 }

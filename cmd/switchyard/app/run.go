@@ -27,16 +27,12 @@ import (
 // syncs the backend, and the health, metrics and health-check node-port
 // servers report on it.
 func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) error {
+	if o.Cleanup {
+		return cleanupAll(ctx, o, log)
+	}
 	backend, err := backendFactory(o, log)
 	if err != nil {
 		return err
-	}
-	if o.Cleanup {
-		if err := backend.Cleanup(ctx); err != nil {
-			return fmt.Errorf("cleanup of %s mode: %w", backend.Name(), err)
-		}
-		log.Info("cleanup done", "mode", backend.Name())
-		return nil
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
