@@ -79,7 +79,7 @@ cleanup() {
 	local rc=$? i left
 	trap - EXIT INT TERM
 	set +e
-	if ((rc != 0)) && [[ -n $TMP ]]; then
+	if ((rc != 0 && rc != 130)) && [[ -n $TMP ]]; then
 		for f in switchyard.log cluster.log; do
 			[[ -s $TMP/$f ]] || continue
 			echo
@@ -112,6 +112,8 @@ cleanup() {
 	fi
 	if ((rc == 0)); then
 		say "demo finished in $(($(date +%s) - START))s"
+	elif ((rc == 130)); then
+		say "demo interrupted after $(($(date +%s) - START))s"
 	else
 		say "demo failed (exit $rc) after $(($(date +%s) - START))s"
 	fi
@@ -140,7 +142,17 @@ for tool in ip iptables-save setsid flock "$GO"; do
 done
 case $MODE in
 iptables) ;;
-ipvs) command -v ipvsadm >/dev/null || { echo "MODE=ipvs needs ipvsadm (make deps)" >&2; exit 1; } ;;
+ipvs)
+	command -v ipvsadm >/dev/null || { echo "MODE=ipvs needs ipvsadm (make deps)" >&2; exit 1; }
+	if ! out=$(ipvsadm -Ln 2>&1); then
+		{
+			echo "MODE=ipvs needs a kernel with IPVS (CONFIG_IP_VS, module ip_vs), and this one has none:"
+			echo "  ipvsadm -Ln: $(grep -m1 'initialize' <<<"$out" || head -n1 <<<"$out")"
+			echo "Run 'make demo' (MODE=iptables) here; the IPVS mode is exercised in the test/vm VM."
+		} >&2
+		exit 1
+	fi
+	;;
 *) echo "MODE=$MODE: the demo knows iptables and ipvs" >&2; exit 2 ;;
 esac
 case $DEMO_SOURCE in
@@ -153,12 +165,36 @@ flock -n 9 || { echo "another make demo is running (lock $LOCK)" >&2; exit 1; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
+# A closed output pipe (make demo | head, a killed tee) must not kill the
+# script before its clean-up: writes then fail, and set -e ends the run
+# through the EXIT trap.
+trap '' PIPE
 
+# Only this script creates $P- namespaces, and it holds the lock: any that
+# exist were left by a run that was killed (SIGKILL). Stop what still runs
+# in them, then delete them.
 stale=$(ip netns list | grep -o "^$P-[^ ]*" || true)
 if [[ -n $stale ]]; then
-	say "removing namespaces a killed earlier demo left: $(echo $stale)"
-	for ns in $stale; do ip netns del "$ns"; done
+	say "removing what a killed earlier demo left: namespaces $(echo $stale)"
+	for ns in $stale; do
+		for pid in $(ip netns pids "$ns" 2>/dev/null); do
+			say "    stopping pid $pid ($(tr '\0' ' ' </proc/$pid/cmdline 2>/dev/null | cut -c1-80)) in $ns"
+			kill -TERM "$pid" 2>/dev/null || true
+		done
+	done
+	for ns in $stale; do
+		for ((i = 0; i < 100; i++)); do
+			[[ -z $(ip netns pids "$ns" 2>/dev/null) ]] && break
+			sleep 0.1
+		done
+		for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+		ip netns del "$ns"
+	done
 fi
+for d in /tmp/$P.??????; do
+	[[ -d $d ]] && say "removing $d, left by a killed earlier demo" && rm -rf "$d"
+done
 TMP=$(mktemp -d /tmp/$P.XXXXXX)
 
 say "switchyard demo: MODE=$MODE DEMO_SOURCE=$DEMO_SOURCE, $COUNT requests per measurement"
