@@ -92,7 +92,7 @@ modprobe_in -a \
 	x_tables ip_tables ip6_tables iptable_filter iptable_nat iptable_mangle iptable_raw \
 	ip6table_filter ip6table_nat ip6table_mangle ip6table_raw \
 	xt_comment xt_mark xt_MASQUERADE xt_addrtype xt_conntrack xt_statistic xt_recent \
-	xt_set xt_multiport xt_tcpudp xt_physdev xt_nat xt_nfacct xt_state xt_ipvs \
+	xt_set xt_sctp xt_multiport xt_tcpudp xt_physdev xt_nat xt_nfacct xt_state xt_ipvs \
 	xt_REDIRECT xt_CT xt_connmark xt_NFLOG xt_LOG xt_limit \
 	ipt_REJECT ip6t_REJECT \
 	ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet \
