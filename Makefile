@@ -10,7 +10,7 @@ APT_PKGS  := iptables nftables ipset ipvsadm conntrack iproute2
 # Test timeout per package run; make test as a whole stays under 25 minutes.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build deps test unit lint demo clean
+.PHONY: all build deps test test-cluster unit lint demo clean
 
 all: build
 
@@ -27,9 +27,19 @@ deps:
 build:
 	$(GO) build -o $(BIN)/switchyard ./cmd/switchyard
 
-## test: everything CI runs: lint, unit tests, real-kernel tests in network namespaces.
+## test: everything CI runs: lint, unit tests, real-kernel tests in network
+## namespaces, the end-to-end suite against a real kube-apiserver, and the
+## IPVS suite inside a throwaway VM.
 test: deps lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	$(MAKE) test-cluster
+
+## test-cluster: build the test control plane (kube-apiserver + etcd; a cold
+## build takes minutes and ~3 GB of RAM), then run its tests and the e2e suite.
+test-cluster:
+	cd test/cluster && $(GO) vet ./... && \
+		$(GO) build -o ../../.cache/bin/swy-testcluster ./cmd/swy-testcluster && \
+		SWY_TESTCLUSTER_BIN=$(CURDIR)/.cache/bin/swy-testcluster $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## unit: the tests without the lint step.
 unit:
