@@ -14,14 +14,14 @@ package healthz
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard-proxy/switchyard/internal/httpserve"
 )
 
 // ToBeDeletedTaint is the taint key the cluster autoscaler puts on a node
@@ -167,31 +167,11 @@ func (s *Server) serve(w http.ResponseWriter, withNode bool) {
 
 // ListenAndServe serves Handler on addr until ctx ends.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("healthz: listening on %s: %w", addr, err)
-	}
-	return s.Serve(ctx, ln)
+	return httpserve.ListenAndServe(ctx, "healthz", addr, s.Handler())
 }
 
 // Serve serves Handler on ln until ctx ends, then shuts down gracefully.
 // It closes ln.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("healthz: serving on %s: %w", ln.Addr(), err)
-	case <-ctx.Done():
-	}
-	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		return fmt.Errorf("healthz: shutting down: %w", err)
-	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("healthz: serving on %s: %w", ln.Addr(), err)
-	}
-	return nil
+	return httpserve.Serve(ctx, "healthz", ln, s.Handler())
 }

@@ -20,7 +20,6 @@ package metrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -31,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/switchyard-proxy/switchyard/internal/httpserve"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -336,31 +336,11 @@ func (m *Metrics) Handler() http.Handler {
 
 // ListenAndServe serves Handler on addr until ctx ends.
 func (m *Metrics) ListenAndServe(ctx context.Context, addr string) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("metrics: listening on %s: %w", addr, err)
-	}
-	return m.Serve(ctx, ln)
+	return httpserve.ListenAndServe(ctx, "metrics", addr, m.Handler())
 }
 
 // Serve serves Handler on ln until ctx ends, then shuts down gracefully.
 // It closes ln.
 func (m *Metrics) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("metrics: serving on %s: %w", ln.Addr(), err)
-	case <-ctx.Done():
-	}
-	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		return fmt.Errorf("metrics: shutting down: %w", err)
-	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("metrics: serving on %s: %w", ln.Addr(), err)
-	}
-	return nil
+	return httpserve.Serve(ctx, "metrics", ln, m.Handler())
 }
