@@ -34,12 +34,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
-const (
-	ns = "kubeproxy"
-	// LastChangeTriggerTimeAnnotation is the EndpointSlice annotation the
-	// endpoints controller sets to the time of the change that caused it.
-	LastChangeTriggerTimeAnnotation = "endpoints.kubernetes.io/last-change-trigger-time"
-)
+const ns = "kubeproxy"
 
 // SyncBuckets are kube-proxy's sync duration buckets: 1ms doubling 15 times.
 var SyncBuckets = prometheus.ExponentialBuckets(0.001, 2, 15)
@@ -270,20 +265,6 @@ func (m *Metrics) NetworkProgrammed(family proxier.IPFamily, triggers []time.Tim
 		}
 		h.Observe(now.Sub(t).Seconds())
 	}
-}
-
-// LastChangeTriggerTime parses an object's last-change-trigger-time
-// annotation; false when it is absent or malformed.
-func LastChangeTriggerTime(annotations map[string]string) (time.Time, bool) {
-	v, ok := annotations[LastChangeTriggerTimeAnnotation]
-	if !ok {
-		return time.Time{}, false
-	}
-	t, err := time.Parse(time.RFC3339Nano, v)
-	if err != nil {
-		return time.Time{}, false
-	}
-	return t, true
 }
 
 // ObserveSnapshots sets kubeproxy_sync_proxy_rules_no_local_endpoints_total

@@ -300,19 +300,6 @@ func TestNetworkProgrammingLatency(t *testing.T) {
 	}
 }
 
-func TestLastChangeTriggerTime(t *testing.T) {
-	got, ok := LastChangeTriggerTime(map[string]string{LastChangeTriggerTimeAnnotation: "2025-03-01T12:00:00.5Z"})
-	if !ok || !got.Equal(time.Date(2025, 3, 1, 12, 0, 0, 500_000_000, time.UTC)) {
-		t.Fatalf("parsed %v, %v", got, ok)
-	}
-	if _, ok := LastChangeTriggerTime(map[string]string{LastChangeTriggerTimeAnnotation: "yesterday"}); ok {
-		t.Fatal("malformed annotation parsed")
-	}
-	if _, ok := LastChangeTriggerTime(nil); ok {
-		t.Fatal("missing annotation parsed")
-	}
-}
-
 func TestNoLocalEndpoints(t *testing.T) {
 	m := New("iptables", proxier.IPv4)
 	base := serve(t, m)
