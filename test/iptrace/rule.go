@@ -37,6 +37,7 @@ var matchModules = map[string]map[string]optSpec{
 	"mark":      {"--mark": {1, true}},
 	"conntrack": {"--ctstate": {1, true}},
 	"state":     {"--state": {1, true}},
+	"set":       {"--match-set": {2, true}},
 	"multiport": {
 		"--dports": {1, true}, "--destination-ports": {1, true},
 		"--sports": {1, true}, "--source-ports": {1, true}, "--ports": {1, true},
@@ -401,6 +402,14 @@ func buildModule(m *module, proto string) ([]matcher, error) {
 			out = append(out, pm)
 		}
 	case "comment":
+	case "set":
+		for _, o := range m.opts {
+			sm, err := parseSetMatch(o)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, sm)
+		}
 	case "addrtype":
 		for _, o := range m.opts {
 			types := strings.Split(o.args[0], ",")

@@ -1,23 +1,32 @@
 // Package iptrace is a packet tracer over iptables rules, for tests. It
-// parses iptables-save / iptables-restore text (tables nat and filter) into
-// a Ruleset and walks a packet through the netfilter hooks the way the
+// parses iptables-save / iptables-restore text (tables mangle, nat and
+// filter) and `ipset save` text into a Ruleset and walks a packet through the netfilter hooks the way the
 // kernel would for the first packet of a connection (conntrack state NEW),
 // returning every outcome the rules allow. Matches that depend on chance or
 // on history (statistic, recent) are followed down both branches, so the
 // result is the set of possible outcomes, e.g. one per endpoint of a
 // service.
 //
-// Hook order modelled:
+// Hook order modelled (tables in the kernel's priority order per hook):
 //
-//	FromOutside, FromPod: nat PREROUTING → routing decision on the
-//	  (possibly DNATed) destination → local: filter INPUT, nat INPUT
-//	                               → else:  filter FORWARD, nat POSTROUTING
-//	FromNode:             nat OUTPUT → reroute → filter OUTPUT →
-//	                      nat POSTROUTING → (destination local: filter INPUT on lo)
+//	FromOutside, FromPod: mangle, nat PREROUTING → routing decision on the
+//	  (possibly DNATed) destination
+//	  → local: mangle INPUT, filter INPUT, [IPVS LOCAL_IN], nat INPUT
+//	  → else:  mangle FORWARD, filter FORWARD, mangle POSTROUTING,
+//	           nat POSTROUTING
+//	FromNode: mangle OUTPUT, nat OUTPUT → reroute → [IPVS LOCAL_OUT] →
+//	          filter OUTPUT → mangle POSTROUTING, nat POSTROUTING →
+//	          (destination local: mangle PREROUTING, mangle INPUT, filter
+//	          INPUT on lo)
 //
-// Anything the tracer does not model (an unknown match, option or target,
-// a table other than nat and filter holding rules) is an error naming the
-// rule, never silently ignored.
+// The IPVS steps run only when Node.IPVS is set (see IPVS); a packet IPVS
+// sends to a remote real server then crosses mangle OUTPUT, filter OUTPUT,
+// mangle POSTROUTING and nat POSTROUTING. `-m set` matches read the ipsets
+// loaded with LoadIPSets.
+//
+// Anything the tracer does not model (an unknown match, option, target,
+// ipset type or set, a table other than mangle, nat and filter holding
+// rules) is an error naming the rule, never silently ignored.
 package iptrace
 
 import (
@@ -29,17 +38,20 @@ import (
 
 // builtinChains lists the built-in chains of each supported table.
 var builtinChains = map[string][]string{
+	"mangle": {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
 	"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
 	"filter": {"INPUT", "FORWARD", "OUTPUT"},
 }
 
 // ignorableTables may appear in iptables-save output; they are accepted as
 // long as they hold no rules and every policy is ACCEPT.
-var ignorableTables = map[string]bool{"mangle": true, "raw": true, "security": true}
+var ignorableTables = map[string]bool{"raw": true, "security": true}
 
-// Ruleset is the parsed state of the nat and filter tables.
+// Ruleset is the parsed state of the mangle, nat and filter tables, and
+// the ipsets their rules match on.
 type Ruleset struct {
 	tables map[string]*table
+	sets   map[string]*IPSet
 }
 
 type table struct {
@@ -68,8 +80,8 @@ type Rule struct {
 // String returns "-A CHAIN spec".
 func (r *Rule) String() string { return "-A " + r.Chain + " " + r.Spec }
 
-// New returns an empty ruleset: both tables with their built-in chains,
-// empty, with ACCEPT policies.
+// New returns an empty ruleset: every table with its built-in chains,
+// empty, with ACCEPT policies, and no ipsets.
 func New() *Ruleset {
 	rs := &Ruleset{tables: map[string]*table{}}
 	for name := range builtinChains {
@@ -135,7 +147,7 @@ func (rs *Ruleset) Restore(text string, noflush bool) error {
 			} else if ignorableTables[curName] {
 				cur = nil
 			} else {
-				return fail(fmt.Errorf("unsupported table %q (nat and filter are traced)", curName))
+				return fail(fmt.Errorf("unsupported table %q (mangle, nat and filter are traced)", curName))
 			}
 			continue
 		case line == "COMMIT":
@@ -173,11 +185,11 @@ func checkIgnorable(tbl, line string) error {
 		}
 		return fmt.Errorf("table %s: policy %v is not traced", tbl, f)
 	}
-	return fmt.Errorf("table %s holds rules; only nat and filter are traced", tbl)
+	return fmt.Errorf("table %s holds rules; only mangle, nat and filter are traced", tbl)
 }
 
 func (rs *Ruleset) clone() *Ruleset {
-	out := &Ruleset{tables: map[string]*table{}}
+	out := &Ruleset{tables: map[string]*table{}, sets: rs.sets}
 	for n, t := range rs.tables {
 		nt := &table{name: n, chains: map[string]*chain{}}
 		for cn, c := range t.chains {

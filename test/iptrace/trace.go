@@ -65,6 +65,9 @@ type Node struct {
 	// Routes choose the output interface (for -o) by longest prefix; a
 	// local destination goes out "lo".
 	Routes []Route
+	// IPVS, when set, is the node's IPVS table: Trace then runs the IPVS
+	// hooks too (see IPVS).
+	IPVS *IPVS
 }
 
 // IsLocal reports whether a is one of the node's addresses.
@@ -123,8 +126,8 @@ func (v Verdict) String() string {
 // Outcome is one possible fate of the packet.
 type Outcome struct {
 	Verdict Verdict
-	// DNAT is the destination the packet was rewritten to, or the zero
-	// value when no DNAT happened.
+	// DNAT is the destination the packet was rewritten to (by a DNAT rule
+	// or by IPVS), or the zero value when none was.
 	DNAT netip.AddrPort
 	// Masqueraded is true when MASQUERADE or SNAT rewrote the source.
 	Masqueraded bool
@@ -136,7 +139,8 @@ type Outcome struct {
 	// Local is true when the packet was delivered to the node itself.
 	Local bool
 	// AffinityChecked is true when the path evaluated a `recent` check
-	// (--rcheck, --update or --remove): session affinity rules exist on it.
+	// (--rcheck, --update or --remove) or crossed a persistent IPVS
+	// service: session affinity exists on it.
 	AffinityChecked bool
 	// AffinityHit is true when this outcome assumes such a check matched
 	// an existing entry (the client is stuck to an endpoint).
@@ -235,6 +239,7 @@ type state struct {
 	local        bool
 	affChecked   bool
 	affHit       bool
+	vsSeen       bool // IPVS handled it (skb->ipvs_property)
 	recentSet    []string
 	path         []string
 	rules        []string
@@ -272,6 +277,65 @@ type tracer struct {
 	count int
 }
 
+// run collects the final states of one Trace.
+type run struct {
+	tr       *tracer
+	finals   []*state
+	verdicts []Verdict
+	err      error
+}
+
+func (r *run) done(s *state, v Verdict) {
+	r.finals = append(r.finals, s)
+	r.verdicts = append(r.verdicts, v)
+}
+
+func (r *run) doneAll(sts []*state, v Verdict) {
+	for _, s := range sts {
+		r.done(s, v)
+	}
+}
+
+// stage runs the hook of table tbl over every live state, recording drops
+// and rejects, and returns the accepted ones.
+func (r *run) stage(live []*state, tbl, hook string, setup func(*state)) []*state {
+	if r.err != nil {
+		return nil
+	}
+	var next []*state
+	for _, s := range live {
+		setup(s)
+		s.hook = hook
+		exits, err := r.tr.hook(tbl, hook, s)
+		if err != nil {
+			r.err = err
+			return nil
+		}
+		for _, e := range exits {
+			if e.verdict == Accept {
+				next = append(next, e.st)
+			} else {
+				r.done(e.st, e.verdict)
+			}
+		}
+	}
+	return next
+}
+
+func keep(*state) {}
+
+// split separates states by whether their destination is local.
+func (r *run) split(live []*state) (local, remote []*state) {
+	for _, s := range live {
+		if r.tr.node.IsLocal(s.dst) {
+			local = append(local, s)
+		} else {
+			remote = append(remote, s)
+		}
+	}
+	return local, remote
+}
+
 // Trace walks p through the rules and returns every possible outcome.
 func (rs *Ruleset) Trace(node Node, p Packet) (*Result, error) {
 	switch p.Proto {
@@ -284,81 +348,69 @@ func (rs *Ruleset) Trace(node Node, p Packet) (*Result, error) {
 	}
 	tr := &tracer{rs: rs, node: node}
 	st := &state{src: p.Src, dst: p.Dst, sport: p.SrcPort, dport: p.DstPort, proto: p.Proto, mark: p.Mark}
-	var finals []*state
-	var verdicts []Verdict
-	done := func(sts []*state, v Verdict) {
-		for _, s := range sts {
-			finals = append(finals, s)
-			verdicts = append(verdicts, v)
-		}
+	r := &run{tr: tr}
+	route := func(s *state) { s.out = node.OutIface(s.dst) }
+	// postIPVS is the way of a packet IPVS sent to a remote real server:
+	// LOCAL_OUT again (nat OUTPUT is not consulted: the connection's NAT
+	// is set up), then POSTROUTING.
+	postIPVS := func(sent []*state) {
+		sent = r.stage(sent, "mangle", "OUTPUT", func(s *state) { s.in = ""; route(s) })
+		sent = r.stage(sent, "filter", "OUTPUT", route)
+		sent = r.stage(sent, "mangle", "POSTROUTING", keep)
+		sent = r.stage(sent, "nat", "POSTROUTING", keep)
+		r.doneAll(sent, Accept)
 	}
-	var err error
-	// stage runs the hook over every live state, recording drops and
-	// rejects, and returns the accepted ones.
-	stage := func(live []*state, tbl, hook string, setup func(*state)) []*state {
-		if err != nil {
-			return nil
-		}
-		var next []*state
-		for _, s := range live {
-			setup(s)
-			s.hook = hook
-			var exits []exit
-			exits, err = tr.hook(tbl, hook, s)
-			if err != nil {
-				return nil
-			}
-			for _, e := range exits {
-				if e.verdict == Accept {
-					next = append(next, e.st)
-				} else {
-					done([]*state{e.st}, e.verdict)
-				}
-			}
-		}
-		return next
-	}
-	live := []*state{st}
 	if p.Origin == FromNode {
-		live = stage(live, "nat", "OUTPUT", func(s *state) { s.in, s.out = "", node.OutIface(s.dst) })
-		live = stage(live, "filter", "OUTPUT", func(s *state) { s.out = node.OutIface(s.dst) })
-		live = stage(live, "nat", "POSTROUTING", func(s *state) {})
-		var local, remote []*state
-		for _, s := range live {
-			if node.IsLocal(s.dst) {
-				local = append(local, s)
-			} else {
-				remote = append(remote, s)
-			}
+		live := []*state{st}
+		live = r.stage(live, "mangle", "OUTPUT", func(s *state) { s.in = ""; route(s) })
+		live = r.stage(live, "nat", "OUTPUT", route)
+		if node.IPVS != nil && r.err == nil {
+			var sent []*state
+			live, sent = r.ipvs(live, "LOCAL_OUT")
+			postIPVS(sent)
 		}
-		local = stage(local, "filter", "INPUT", func(s *state) { s.in, s.out, s.local = "lo", "", true })
-		done(remote, Accept)
-		done(local, Accept)
+		live = r.stage(live, "filter", "OUTPUT", route)
+		live = r.stage(live, "mangle", "POSTROUTING", keep)
+		live = r.stage(live, "nat", "POSTROUTING", keep)
+		local, remote := r.split(live)
+		r.doneAll(remote, Accept)
+		// Looped back through lo: mangle PREROUTING and INPUT, filter
+		// INPUT (nat is set up already, its chains are not consulted).
+		local = r.stage(local, "mangle", "PREROUTING", func(s *state) { s.in, s.out, s.local = "lo", "", true })
+		local = r.stage(local, "mangle", "INPUT", keep)
+		local = r.stage(local, "filter", "INPUT", keep)
+		r.doneAll(local, Accept)
 	} else {
-		live = stage(live, "nat", "PREROUTING", func(s *state) { s.in, s.out = p.InIface, "" })
-		var local, remote []*state
-		for _, s := range live {
-			if node.IsLocal(s.dst) {
-				local = append(local, s)
-			} else {
-				remote = append(remote, s)
+		live := []*state{st}
+		live = r.stage(live, "mangle", "PREROUTING", func(s *state) { s.in, s.out = p.InIface, "" })
+		live = r.stage(live, "nat", "PREROUTING", keep)
+		local, remote := r.split(live)
+		local = r.stage(local, "mangle", "INPUT", func(s *state) { s.local = true })
+		local = r.stage(local, "filter", "INPUT", keep)
+		if node.IPVS != nil && r.err == nil {
+			var sent []*state
+			local, sent = r.ipvs(local, "LOCAL_IN")
+			for _, s := range sent {
+				s.local = false
 			}
+			postIPVS(sent)
 		}
-		local = stage(local, "filter", "INPUT", func(s *state) { s.local = true })
-		local = stage(local, "nat", "INPUT", func(s *state) {})
-		remote = stage(remote, "filter", "FORWARD", func(s *state) { s.out = node.OutIface(s.dst) })
-		remote = stage(remote, "nat", "POSTROUTING", func(s *state) {})
-		done(local, Accept)
-		done(remote, Accept)
+		local = r.stage(local, "nat", "INPUT", keep)
+		remote = r.stage(remote, "mangle", "FORWARD", route)
+		remote = r.stage(remote, "filter", "FORWARD", keep)
+		remote = r.stage(remote, "mangle", "POSTROUTING", keep)
+		remote = r.stage(remote, "nat", "POSTROUTING", keep)
+		r.doneAll(local, Accept)
+		r.doneAll(remote, Accept)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("trace %v: %w", p, err)
+	if r.err != nil {
+		return nil, fmt.Errorf("trace %v: %w", p, r.err)
 	}
 	res := &Result{}
-	for i, s := range finals {
+	for i, s := range r.finals {
 		o := Outcome{
-			Verdict: verdicts[i], DNAT: s.dnat, Masqueraded: s.masq, SNAT: s.snat, Mark: s.mark,
-			Local: s.local && verdicts[i] == Accept, AffinityChecked: s.affChecked, AffinityHit: s.affHit,
+			Verdict: r.verdicts[i], DNAT: s.dnat, Masqueraded: s.masq, SNAT: s.snat, Mark: s.mark,
+			Local: s.local && r.verdicts[i] == Accept, AffinityChecked: s.affChecked, AffinityHit: s.affHit,
 			RecentSet: s.recentSet, Path: s.path, Rules: s.rules,
 		}
 		res.Outcomes = append(res.Outcomes, o)
@@ -371,6 +423,11 @@ func (rs *Ruleset) Trace(node Node, p Packet) (*Result, error) {
 func (tr *tracer) hook(tbl, chainName string, st *state) ([]exit, error) {
 	t := tr.rs.tables[tbl]
 	c := t.chains[chainName]
+	if tbl == "mangle" && len(c.rules) == 0 && c.policy == "ACCEPT" {
+		// An empty mangle chain changes nothing; leaving it out of Path
+		// keeps the paths of rule sets without mangle rules short.
+		return []exit{{st: st, kind: exitVerdict, verdict: Accept}}, nil
+	}
 	st.path = append(st.path, tbl+"/"+chainName)
 	exits, err := tr.walk(t, c, 0, st, 0)
 	if err != nil {
