@@ -42,6 +42,11 @@ type Config struct {
 	Kernel Kernel
 	// Sysctl reads and writes kernel parameters; nil means /proc/sys.
 	Sysctl Sysctl
+	// LocalAddresses lists this node's addresses for node ports when
+	// --nodeport-addresses is empty (every local address); nil means the
+	// addresses of this network namespace's interfaces other than
+	// swy-ipvs0. Loopback and link-local addresses are never used.
+	LocalAddresses func() ([]netip.Addr, error)
 	// Logger receives logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Now returns the current time (tests); nil means time.Now.
@@ -100,6 +105,9 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.LocalAddresses == nil {
+		cfg.LocalAddresses = InterfaceAddresses
+	}
 	b := &Backend{
 		cfg: cfg, log: cfg.Logger.With("backend", "ipvs"), kernel: cfg.Kernel,
 		rules: map[proxier.IPFamily]string{}, terminating: map[DestKey]time.Time{}, created: map[Key]bool{},
@@ -117,11 +125,55 @@ func (b *Backend) Name() string { return "ipvs" }
 // format, then the ipsets in `ipset save` format, then the iptables
 // restore text of each family.
 func (b *Backend) Render(snaps []*proxier.Snapshot) (string, error) {
-	st, err := Render(snaps, RenderOptions{Scheduler: b.cfg.Scheduler})
+	st, err := Render(snaps, b.renderOptions())
 	if err != nil {
 		return "", err
 	}
 	return FormatState(st), nil
+}
+
+// renderOptions returns the options of Render, with the node's current
+// local addresses (a failure to list them is logged; node ports then
+// answer on the snapshots' NodeIPs only).
+func (b *Backend) renderOptions() RenderOptions {
+	addrs, err := b.cfg.LocalAddresses()
+	if err != nil {
+		b.log.Warn("cannot list local addresses; node ports answer on the node IPs only", "err", err)
+	}
+	var local []netip.Addr
+	for _, a := range addrs {
+		a = a.Unmap()
+		if a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsUnspecified() && !a.IsMulticast() {
+			local = append(local, a)
+		}
+	}
+	slices.SortFunc(local, netip.Addr.Compare)
+	return RenderOptions{Scheduler: b.cfg.Scheduler, LocalAddrs: slices.Compact(local)}
+}
+
+// InterfaceAddresses returns the addresses of every interface of this
+// network namespace except swy-ipvs0 (whose addresses are service VIPs).
+func InterfaceAddresses() ([]netip.Addr, error) {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	var out []netip.Addr
+	for _, ifc := range ifaces {
+		if ifc.Name == DummyInterface {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			return nil, fmt.Errorf("list addresses of %s: %w", ifc.Name, err)
+		}
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				out = append(out, p.Addr().Unmap())
+			}
+		}
+	}
+	return out, nil
 }
 
 // FormatState prints a state as Backend.Render does.
@@ -170,7 +222,8 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	res := proxier.SyncResult{Full: true}
-	desired, err := Render(snaps, RenderOptions{Scheduler: b.cfg.Scheduler})
+	opts := b.renderOptions()
+	desired, err := Render(snaps, opts)
 	if err != nil {
 		return res, err
 	}
@@ -202,7 +255,7 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 		return res, fmt.Errorf("ipvs: %w", err)
 	}
 	ops, terminating := Diff(desired, &Dump{Servers: servers, Addresses: addrs, Sets: sets}, DiffOptions{
-		Now: b.cfg.Now(), GracePeriod: b.cfg.GracePeriod, Terminating: b.terminating, Owned: b.ownedFunc(snaps),
+		Now: b.cfg.Now(), GracePeriod: b.cfg.GracePeriod, Terminating: b.terminating, Owned: b.ownedFunc(snaps, opts.LocalAddrs),
 	})
 	b.terminating = terminating
 
@@ -260,8 +313,11 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 
 // ownedFunc reports node-port virtual servers switchyard may delete: ones
 // it created, or ones on a node address in the node-port range.
-func (b *Backend) ownedFunc(snaps []*proxier.Snapshot) func(Key) bool {
+func (b *Backend) ownedFunc(snaps []*proxier.Snapshot, local []netip.Addr) func(Key) bool {
 	nodeAddrs := map[netip.Addr]bool{}
+	for _, a := range local {
+		nodeAddrs[a] = true
+	}
 	for _, s := range snaps {
 		if s == nil {
 			continue

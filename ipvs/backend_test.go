@@ -53,7 +53,7 @@ func newHarness() *harness {
 
 func (h *harness) backend(t *testing.T) *Backend {
 	t.Helper()
-	b, err := New(Config{Kernel: h.k, Executor: h.ex, Sysctl: h.sc, IPTablesMode: iptables.ModeNFT, Logger: discard(), Now: func() time.Time { return h.now }})
+	b, err := New(Config{Kernel: h.k, Executor: h.ex, Sysctl: h.sc, IPTablesMode: iptables.ModeNFT, Logger: discard(), Now: func() time.Time { return h.now }, LocalAddresses: noLocalAddresses})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,3 +80,7 @@ func richSnapshot() *proxier.Snapshot {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// noLocalAddresses makes a Backend use the snapshots' NodeIPs for node
+// ports (tests must not depend on the machine's interfaces).
+func noLocalAddresses() ([]netip.Addr, error) { return nil, nil }

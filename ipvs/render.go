@@ -92,6 +92,11 @@ const SetPrefix = "SWY-"
 type RenderOptions struct {
 	// Scheduler is the default scheduler; "" means DefaultScheduler.
 	Scheduler string
+	// LocalAddrs are this node's local addresses (swy-ipvs0's, loopback
+	// and link-local ones excluded). A snapshot whose NodePortAddresses.All
+	// is set gets its node ports on those of its family; when there are
+	// none, on its NodeIPs.
+	LocalAddrs []netip.Addr
 }
 
 // Render turns snapshots (one per family) into the desired kernel state.
@@ -180,12 +185,29 @@ func netMember(p netip.Prefix) string {
 	return p.String()
 }
 
-// nodePortAddrs returns the node addresses node ports answer on.
+// nodePortAddrs returns the node addresses node ports answer on: with
+// NodePortAddresses.All, every local address of the family (the snapshot's
+// NodeIPs when those are unknown), else the selected ones.
 func (r *familyRenderer) nodePortAddrs() []netip.Addr {
-	if r.snap.NodePortAddresses.All {
+	if !r.snap.NodePortAddresses.All {
+		return r.snap.NodePortAddresses.Addrs
+	}
+	var out []netip.Addr
+	for _, a := range r.opts.LocalAddrs {
+		if (r.snap.Family == proxier.IPv6) == (a.Is6() && !a.Is4In6()) {
+			out = append(out, a.Unmap())
+		}
+	}
+	if len(out) == 0 {
 		return r.snap.NodeIPs
 	}
-	return r.snap.NodePortAddresses.Addrs
+	for _, a := range r.snap.NodeIPs {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
 }
 
 // fwmark returns a stable firewall mark for name: FWMarkBit plus a number

@@ -67,7 +67,7 @@ func TestGolden(t *testing.T) {
 			if strings.Contains(name, "wlc") {
 				sched = "wlc"
 			}
-			b, err := New(Config{Scheduler: sched})
+			b, err := New(Config{Scheduler: sched, LocalAddresses: noLocalAddresses})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -232,5 +232,39 @@ func TestFWMarksStable(t *testing.T) {
 	}
 	if len(mb) != 3 {
 		t.Errorf("want 3 marks, got %v", mb)
+	}
+}
+
+// With --nodeport-addresses empty (All), node ports answer on every local
+// address of the family, not only the Node object's IPs: the lab's node
+// has its outside gateway address too, and kube-proxy's IPVS mode binds
+// node ports on all of them. Found by test/ipvs-e2e.
+func TestRenderNodePortsOnLocalAddresses(t *testing.T) {
+	snap := snapshot(svc("web", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", true)))
+	snap.Services[0].NodePort = 30080
+	snap.Services[0].ExternalPolicyLocal = true
+	st, err := Render([]*proxier.Snapshot{snap}, RenderOptions{LocalAddrs: ips("192.0.2.1", "fd00::1", "10.0.2.15")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"192.0.2.1", "10.0.2.15", "192.168.50.10"} {
+		if st.Server(key(a, proxier.TCP, 30080)) == nil {
+			t.Errorf("no node-port virtual server on %s", a)
+		}
+	}
+	if st.Server(key("fd00::1", proxier.TCP, 30080)) != nil {
+		t.Errorf("an IPv6 local address got a node port in the IPv4 snapshot")
+	}
+	if !strings.Contains(st.Rules[0].Text, "-d 192.0.2.1/32 -p tcp --dport 30080") {
+		t.Errorf("no eTP Local mark rule for the extra local address:\n%s", st.Rules[0].Text)
+	}
+	// Selected addresses (--nodeport-addresses) are not widened.
+	snap.NodePortAddresses = proxier.NodePortAddresses{Addrs: ips("10.0.2.15")}
+	st, err = Render([]*proxier.Snapshot{snap}, RenderOptions{LocalAddrs: ips("192.0.2.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Server(key("192.0.2.1", proxier.TCP, 30080)) != nil || st.Server(key("10.0.2.15", proxier.TCP, 30080)) == nil {
+		t.Errorf("selected node-port addresses: servers %v", st.Servers)
 	}
 }
