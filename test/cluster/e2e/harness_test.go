@@ -65,7 +65,8 @@ var switchyardBuild struct {
 }
 
 // switchyardBinary builds cmd/switchyard once per test binary into a
-// temporary folder that TestMain removes.
+// temporary folder that TestMain removes (the Go build cache makes it take
+// seconds after the first time).
 func switchyardBinary(t testing.TB) string {
 	t.Helper()
 	switchyardBuild.once.Do(func() {
@@ -94,7 +95,7 @@ func goTool() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
+	return "/usr/local/go/bin/go"
 }
 
 // nsDialer returns a dial function whose sockets are created inside the
@@ -214,12 +215,12 @@ func (e *env) startSwitchyard(kubeconfig string) *switchyard {
 		"--proxy-mode", "iptables", "--iptables-backend", "nft",
 		"--cluster-cidr", clusterCIDR,
 		"--metrics-bind-address", metricsAt, "--healthz-bind-address", healthzAt,
-		"--min-sync-period", "250ms",
+		"--min-sync-period", "250ms", "--log-level", "debug",
 	}
 	s := &switchyard{proc: e.lab.Start(e.lab.Node, args...)}
 	e.t.Cleanup(func() {
 		if e.t.Failed() {
-			e.t.Logf("switchyard output, last lines:\n%s", tail(s.proc.Output(), 40))
+			e.t.Logf("switchyard output, last lines:\n%s", tail(s.proc.Output(), 60))
 		}
 	})
 	return s

@@ -55,7 +55,7 @@ func round(c client, addr string, want []string, peer peerCheck) error {
 	for i := 0; i < n; i++ {
 		r, err := lab.Dial(c.ns, "tcp", addr, lab.DefaultDialTimeout)
 		if err != nil {
-			return fmt.Errorf("%s -> %s: request %d of %d: %w", c.name, addr, i+1, n, err)
+			return fmt.Errorf("%s %s -> %s: request %d of %d: %w", time.Now().UTC().Format(time.StampMilli), c.name, addr, i+1, n, err)
 		}
 		if !slices.Contains(want, r.Name) {
 			return fmt.Errorf("%s -> %s: answered by %s, want only %v (so far %v)", c.name, addr, r.Name, want, got)
