@@ -18,6 +18,8 @@
 //
 //	go test -run 'TestTracer$' ./test/conformance/            # rendered rules, no root
 //	go test -run TestTracerKernelRules ./test/conformance/   # rules read back from a namespace
+//	go test -run 'TestTracerIPVS$' ./test/conformance/         # IPVS mode: rendered state (ipvs_mode_test.go)
+//	go test -run TestTracerIPVSKernelRules ./test/conformance/  # IPVS mode: rules and sets read back from a namespace
 //	go test -v -run TestRealTraffic ./test/conformance/      # every scenario with real packets
 //	go test -v -run TestBalancedOverThreePods ./test/conformance/  # per-pod counts of 30 connections
 //	go test -v -run 'TestLiveManifestChanges|TestBadServiceSkipped' ./test/conformance/
