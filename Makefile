@@ -40,6 +40,8 @@ test-cluster:
 	cd test/cluster && $(GO) vet ./... && \
 		$(GO) build -o ../../.cache/bin/swy-testcluster ./cmd/swy-testcluster && \
 		SWY_TESTCLUSTER_BIN=$(CURDIR)/.cache/bin/swy-testcluster $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	cd test/cluster/e2e && $(GO) vet . && \
+		SWY_TESTCLUSTER_BIN=$(CURDIR)/.cache/bin/swy-testcluster $(GO) test -count=1 -timeout $(TEST_TIMEOUT) .
 
 ## unit: the tests without the lint step.
 unit:
