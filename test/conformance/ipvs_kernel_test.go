@@ -88,6 +88,9 @@ func newIPVSKernelMode(t *testing.T) *ipvsKernelMode {
 	b, err := ipvs.New(ipvs.Config{
 		IPTablesMode: iptables.ModeNFT, Executor: iptables.NetnsExecutor(ns), Kernel: k,
 		Sysctl: memSysctl{}, Logger: quietLogger(),
+		// The lab node's addresses, not this machine's: node ports answer
+		// on every local address of the node.
+		LocalAddresses: func() ([]netip.Addr, error) { return scenarios.Topology.NodeAddrs, nil },
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -36,17 +36,7 @@ COMMIT
 // still fail (one that passes is an error, so no exemption lingers).
 // Reasons starting with "backend bug" are known defects of ipvs/, not
 // accepted differences.
-var ipvsExemptions = map[string]string{
-	"nodeport-etp-cluster/outside to node port on the node's other address": nodePortAllBug,
-	"nodeport-etp-local/same on the node's other address":                   nodePortAllBug,
-}
-
-// nodePortAllBug: proxier.NodePortAddresses.All means "every local
-// address" (the iptables mode matches --dst-type LOCAL; kube-proxy's IPVS
-// mode creates node-port virtual servers on every local address), but
-// ipvs.Render creates them on Snapshot.NodeIPs only (ipvs/README.md,
-// "Virtual servers"), so 192.0.2.1:NODEPORT reaches no virtual server.
-const nodePortAllBug = "backend bug: node-port virtual servers only on Snapshot.NodeIPs, not every local address"
+var ipvsExemptions = map[string]string{}
 
 // ipvsExtraPackets are IPVS-specific packets run with the table's
 // scenarios: internal traffic to externalTrafficPolicy Local addresses
@@ -80,7 +70,9 @@ type ipvsMode struct{}
 func (ipvsMode) Name() string { return "ipvs" }
 
 func (ipvsMode) Load(snaps []*proxier.Snapshot) (Tracer, error) {
-	st, err := ipvs.Render(snaps, ipvs.RenderOptions{})
+	// The node's local addresses, as the backend reads them from the
+	// kernel: node ports answer on all of them.
+	st, err := ipvs.Render(snaps, ipvs.RenderOptions{LocalAddrs: scenarios.Topology.NodeAddrs})
 	if err != nil {
 		return nil, fmt.Errorf("render: %w", err)
 	}
