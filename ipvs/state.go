@@ -99,15 +99,22 @@ type IPSet struct {
 	Members []string
 }
 
+// MaxElem is the capacity of every hash set. The kernel allocates buckets
+// as members arrive (hashsize is only the start), so a large limit costs
+// nothing; ipset's default of 65536 is too small for SWY-LOOP-BACK at 10k
+// services × 10 endpoints (one member per endpoint), where `ipset restore`
+// failed with "Hash is full".
+const MaxElem = 1 << 20
+
 // CreateOptions returns the `ipset create` options after the type.
 func (s *IPSet) CreateOptions() string {
 	if strings.HasPrefix(s.Type, "bitmap:port") {
 		return "range 0-65535"
 	}
 	if s.Family == proxier.IPv6 {
-		return "family inet6 hashsize 1024 maxelem 65536"
+		return fmt.Sprintf("family inet6 hashsize 1024 maxelem %d", MaxElem)
 	}
-	return "family inet hashsize 1024 maxelem 65536"
+	return fmt.Sprintf("family inet hashsize 1024 maxelem %d", MaxElem)
 }
 
 // FamilyRules is the iptables-restore input of one family.
