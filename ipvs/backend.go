@@ -222,11 +222,14 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	res := proxier.SyncResult{Full: true}
+	tm := newStageTimer()
+	defer func() { b.log.Debug("ipvs sync stages", tm.attrs()...) }()
 	opts := b.renderOptions()
 	desired, err := Render(snaps, opts)
 	if err != nil {
 		return res, err
 	}
+	tm.stage("render")
 	if _, err := ensureSysctls(b.cfg.Sysctl, b.cfg.StrictARP, b.log); err != nil {
 		return res, fmt.Errorf("ipvs: sysctls: %w", err)
 	}
@@ -242,6 +245,7 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 		res.Wrote = true
 		b.log.Info("created dummy interface", "name", DummyInterface)
 	}
+	tm.stage("sysctls+dummy")
 	addrs, err := k.DummyAddresses()
 	if err != nil {
 		return res, err
@@ -250,15 +254,18 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 	if err != nil {
 		return res, err
 	}
+	tm.stage("dump-netlink")
 	sets, err := ipsetSave(ctx, b.cfg.Executor)
 	if err != nil {
 		return res, fmt.Errorf("ipvs: %w", err)
 	}
+	tm.stage("dump-ipset")
 	ops, terminating := Diff(desired, &Dump{Servers: servers, Addresses: addrs, Sets: sets}, DiffOptions{
 		Now: b.cfg.Now(), GracePeriod: b.cfg.GracePeriod, Terminating: b.terminating, Owned: b.ownedFunc(snaps, opts.LocalAddrs),
 	})
 	b.terminating = terminating
 
+	tm.stage("diff")
 	// Phase 1: everything that adds (sets first: iptables rules name them).
 	var setsAdd, setsDel []Op
 	for _, o := range ops {
@@ -279,18 +286,21 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 	if err := ipsetRestore(ctx, b.cfg.Executor, ipsetScript(append(retype, setsAdd...))); err != nil {
 		return res, fmt.Errorf("ipvs: %w", err)
 	}
+	tm.stage("ipset-add")
 	if n, err := b.syncRules(ctx, desired); err != nil {
 		return res, err
 	} else if n > 0 {
 		res.Wrote = true
 		res.Rules += n
 	}
+	tm.stage("iptables")
 	var errs []error
 	for _, o := range ops {
 		if err := b.applyOp(ctx, k, o); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	tm.stage("netlink-writes")
 	var lateSets []Op
 	for _, o := range setsDel {
 		if !slices.ContainsFunc(retype, func(r Op) bool { return r.Set.Name == o.Set.Name }) {
@@ -300,6 +310,7 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 	if err := ipsetRestore(ctx, b.cfg.Executor, ipsetScript(lateSets)); err != nil {
 		errs = append(errs, fmt.Errorf("ipvs: %w", err))
 	}
+	tm.stage("ipset-del")
 	if len(ops) > 0 {
 		res.Wrote = true
 		res.Rules += len(ops)
@@ -505,4 +516,29 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// stageTimer records how long each stage of a sync took (debug log).
+type stageTimer struct {
+	last  time.Time
+	names []string
+	took  []time.Duration
+}
+
+func newStageTimer() *stageTimer { return &stageTimer{last: time.Now()} }
+
+// stage ends the stage called name.
+func (t *stageTimer) stage(name string) {
+	now := time.Now()
+	t.names = append(t.names, name)
+	t.took = append(t.took, now.Sub(t.last))
+	t.last = now
+}
+
+func (t *stageTimer) attrs() []any {
+	out := make([]any, 0, 2*len(t.names))
+	for i, n := range t.names {
+		out = append(out, n, t.took[i].Round(time.Millisecond))
+	}
+	return out
 }
