@@ -33,6 +33,7 @@ build:
 test: deps lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(MAKE) test-cluster
+	$(MAKE) test-vm
 
 ## test-cluster: build the test control plane (kube-apiserver + etcd; a cold
 ## build takes minutes and ~3 GB of RAM), then run its tests and the e2e suite.
