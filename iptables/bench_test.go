@@ -62,7 +62,8 @@ func BenchmarkApply(b *testing.B) {
 				c := *s
 				c.Services = append([]*proxier.ServicePort(nil), s.Services...)
 				sp := *c.Services[5]
-				sp.ClusterEndpoints = sp.ClusterEndpoints[1:]
+				sp.AllEndpoints = sp.AllEndpoints[1:]
+				resolve(&sp)
 				c.Services[5] = &sp
 				c.FullSync = false
 				c.Changed = map[proxier.ServicePortName]bool{sp.Name: true}

@@ -3,10 +3,12 @@ package iptables
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
 	"github.com/switchyard-proxy/switchyard/proxier"
+	"github.com/switchyard-proxy/switchyard/proxier/planner"
 )
 
 // Helpers to build Snapshots by hand (the planner produces them in
@@ -32,27 +34,28 @@ func prefixes(ss ...string) []netip.Prefix {
 	return out
 }
 
-// svc builds a service port with endpoints; local endpoints are copied
-// into LocalEndpoints.
+// svc builds a service port with endpoints (AllEndpoints); snapshot()
+// has the planner decide the endpoint lists once the fixture's policy
+// fields are set.
 func svc(ns, name, portName string, proto proxier.Protocol, clusterIP string, port uint16, eps ...proxier.Endpoint) *proxier.ServicePort {
 	sp := &proxier.ServicePort{
-		Name:             proxier.ServicePortName{Namespace: ns, Name: name, Port: portName, Protocol: proto},
-		Protocol:         proto,
-		Port:             port,
-		ClusterEndpoints: eps,
-		AllEndpoints:     eps,
-		HasAnyEndpoints:  len(eps) > 0,
+		Name:         proxier.ServicePortName{Namespace: ns, Name: name, Port: portName, Protocol: proto},
+		Protocol:     proto,
+		Port:         port,
+		AllEndpoints: eps,
 	}
 	if clusterIP != "" {
 		sp.ClusterIP = netip.MustParseAddr(clusterIP)
 	}
-	for _, e := range eps {
-		if e.Local {
-			sp.LocalEndpoints = append(sp.LocalEndpoints, e)
-			sp.LocalReadyEndpoints++
-		}
-	}
 	return sp
+}
+
+// resolve has the planner decide sp's endpoint lists from AllEndpoints
+// and its policy fields, as in production.
+func resolve(sp *proxier.ServicePort) {
+	all := slices.Clone(sp.AllEndpoints)
+	slices.SortFunc(all, func(a, b proxier.Endpoint) int { return a.Addr.Compare(b.Addr) })
+	planner.ResolveEndpoints(sp, all, &planner.NodeInfo{Name: "node-a"})
 }
 
 func snapshot(fam proxier.IPFamily, services ...*proxier.ServicePort) *proxier.Snapshot {
@@ -68,6 +71,9 @@ func snapshot(fam proxier.IPFamily, services ...*proxier.ServicePort) *proxier.S
 	if fam == proxier.IPv6 {
 		s.Masquerade.ClusterCIDRs = prefixes("fd00:10:244::/56")
 		s.NodeIPs = ips("2001:db8::10")
+	}
+	for _, sp := range s.Services {
+		resolve(sp)
 	}
 	sortServices(s)
 	return s

@@ -114,51 +114,43 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 	ch := chainsFor(sp.Name)
 	cidrs := r.snap.Masquerade.ClusterCIDRs
 
+	// The planner decided which endpoints serve what; this only maps its
+	// lists to chains: SVC holds ClusterEndpoints, SVL LocalEndpoints.
 	clusterEPs := sortedEndpoints(sp.ClusterEndpoints)
 	localEPs := sortedEndpoints(sp.LocalEndpoints)
 	external := sp.ExternallyAccessible()
-	usesCluster := len(clusterEPs) > 0 && (!sp.InternalPolicyLocal || external)
-	usesLocal := len(localEPs) > 0 && (sp.InternalPolicyLocal || (sp.ExternalPolicyLocal && external))
-
-	internalChain, externalPolicyChain := ch.svc, ch.svc
-	if sp.InternalPolicyLocal {
-		internalChain = ch.svl
+	usesCluster := len(clusterEPs) > 0
+	usesLocal := len(localEPs) > 0
+	policyChain := func(c proxier.EndpointChoice) string {
+		switch c {
+		case proxier.ClusterPolicy:
+			return ch.svc
+		case proxier.LocalPolicy:
+			return ch.svl
+		}
+		return ""
 	}
-	if sp.ExternalPolicyLocal {
-		externalPolicyChain = ch.svl
-	}
-	hasInternal := len(sp.InternalEndpoints()) > 0
-	hasExternal := len(sp.ExternalEndpoints()) > 0
+	internalChain := policyChain(sp.Internal)
+	externalPolicyChain := policyChain(sp.External)
+	shortCircuitChain := policyChain(sp.ShortCircuit)
+	hasInternal := internalChain != ""
+	hasExternal := externalPolicyChain != ""
 
 	// Every endpoint some chain of ours may DNAT to.
-	var reachable []proxier.Endpoint
-	if usesCluster {
-		reachable = append(reachable, clusterEPs...)
-	}
-	if usesLocal {
-		reachable = append(reachable, localEPs...)
-	}
-	reachable = sortedEndpoints(reachable)
-	reachable = slices.CompactFunc(reachable, func(a, b proxier.Endpoint) bool { return a.Addr == b.Addr })
-	hasEndpoints := len(reachable) > 0
+	reachable := sortedEndpoints(sp.ReachableEndpoints)
 	seps := make(map[netip.AddrPort]string, len(reachable))
 	for _, e := range reachable {
 		seps[e.Addr] = endpointChain(sp.Name, e)
 	}
+	// hasEndpoints is upstream's: some endpoint anywhere can serve. Then
+	// the external addresses are captured (for the short-circuit even when
+	// no endpoint serves outside traffic).
+	hasEndpoints := sp.HasAnyEndpoints
 
 	// What the filter table does with traffic the nat table did not DNAT.
-	var internalTarget, internalComment, externalTarget, externalComment string
-	if !hasEndpoints && !sp.HasAnyEndpoints {
-		internalTarget, externalTarget = "REJECT", "REJECT"
-		internalComment = comment(name + " has no endpoints")
-		externalComment = internalComment
-	} else {
-		if !hasInternal {
-			internalTarget, internalComment = "DROP", comment(name+" has no local endpoints")
-		}
-		if !hasExternal {
-			externalTarget, externalComment = "DROP", comment(name+" has no local endpoints")
-		}
+	unservedTarget, unservedComment := "REJECT", comment(name+" has no endpoints")
+	if sp.Unserved == proxier.Drop {
+		unservedTarget, unservedComment = "DROP", comment(name+" has no local endpoints")
 	}
 
 	usesExternalChain := hasEndpoints && external
@@ -174,7 +166,7 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 		if hasInternal {
 			frag[dNATServices].add(chainServices, d, proto, dport, comment(name+" cluster IP"), "-j "+internalChain)
 		} else {
-			frag[dFilterServices].add(chainServices, d, proto, dport, internalComment, "-j "+internalTarget)
+			frag[dFilterServices].add(chainServices, d, proto, dport, unservedComment, "-j "+unservedTarget)
 		}
 	}
 	// External IPs.
@@ -184,7 +176,7 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 			frag[dNATServices].add(chainServices, d, proto, dport, comment(name+" external IP"), "-j "+ch.ext)
 		}
 		if !hasExternal {
-			frag[dFilterExternal].add(chainExternalServices, d, proto, dport, externalComment, "-j "+externalTarget)
+			frag[dFilterExternal].add(chainExternalServices, d, proto, dport, unservedComment, "-j "+unservedTarget)
 		}
 	}
 	// Load-balancer IPs.
@@ -199,7 +191,7 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 	}
 	if !hasExternal {
 		for _, ip := range sp.LoadBalancerIPs {
-			frag[dFilterExternal].add(chainExternalServices, "-d "+ip.String(), proto, dport, externalComment, "-j "+externalTarget)
+			frag[dFilterExternal].add(chainExternalServices, "-d "+ip.String(), proto, dport, unservedComment, "-j "+unservedTarget)
 		}
 	}
 	// Node port.
@@ -210,7 +202,7 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 		}
 		if !hasExternal {
 			for _, dst := range r.nodePortDestinations() {
-				frag[dFilterExternal].add(chainExternalServices, dst, proto, np, externalComment, "-j "+externalTarget)
+				frag[dFilterExternal].add(chainExternalServices, dst, proto, np, unservedComment, "-j "+unservedTarget)
 			}
 		}
 	}
@@ -226,19 +218,19 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 		if !sp.ExternalPolicyLocal {
 			b.add(ch.ext, comment("masquerade traffic for "+name+" external destinations"), "-j "+chainMarkMasq)
 		} else {
-			if usesCluster {
+			if shortCircuitChain != "" {
 				// Pods reaching an external address of the service skip the
 				// external policy, as if they went out to the load balancer
 				// and came back.
 				for _, c := range cidrs {
-					b.add(ch.ext, "-s "+c.Masked().String(), comment("pod traffic for "+name+" external destinations"), "-j "+ch.svc)
+					b.add(ch.ext, "-s "+c.Masked().String(), comment("pod traffic for "+name+" external destinations"), "-j "+shortCircuitChain)
 				}
 			}
 			// The node itself picks a local address as source: masquerade it
 			// and let it reach any endpoint.
 			b.add(ch.ext, "-m addrtype --src-type LOCAL", comment("masquerade LOCAL traffic for "+name+" external destinations"), "-j "+chainMarkMasq)
-			if usesCluster {
-				b.add(ch.ext, "-m addrtype --src-type LOCAL", comment("route LOCAL traffic for "+name+" external destinations"), "-j "+ch.svc)
+			if shortCircuitChain != "" {
+				b.add(ch.ext, "-m addrtype --src-type LOCAL", comment("route LOCAL traffic for "+name+" external destinations"), "-j "+shortCircuitChain)
 			}
 		}
 		if hasExternal {
@@ -290,7 +282,7 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 	// SWY-SVC: cluster policy.
 	if usesCluster {
 		var b ruleBuf
-		if internalChain == ch.svc {
+		if sp.Internal == proxier.ClusterPolicy {
 			clusterIPMasq(&b, ch.svc)
 		}
 		r.balance(&b, ch.svc, sp, clusterEPs, seps)
@@ -299,7 +291,7 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 	// SWY-SVL: local policy.
 	if usesLocal {
 		var b ruleBuf
-		if internalChain == ch.svl {
+		if sp.Internal == proxier.LocalPolicy {
 			clusterIPMasq(&b, ch.svl)
 		}
 		r.balance(&b, ch.svl, sp, localEPs, seps)

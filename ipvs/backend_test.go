@@ -138,7 +138,8 @@ func TestSyncChangeWritesOnlyDifference(t *testing.T) {
 	h.resetCounts()
 	s := richSnapshot()
 	dns := s.Lookup(spn("default", "dns", "", proxier.UDP))
-	dns.ClusterEndpoints = append(dns.ClusterEndpoints, ep("10.244.4.4:53", false))
+	dns.AllEndpoints = append(dns.AllEndpoints, ep("10.244.4.4:53", false))
+	resolve(dns)
 	mustSync(t, b, s)
 	want := []string{"add-dest UDP  10.96.0.53:53 -> 10.244.4.4:53"}
 	if !slices.Equal(h.k.writes, want) {

@@ -3,9 +3,11 @@ package ipvs
 import (
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/switchyard-proxy/switchyard/proxier"
+	"github.com/switchyard-proxy/switchyard/proxier/planner"
 )
 
 func ep(addr string, local bool) proxier.Endpoint {
@@ -29,17 +31,23 @@ func svc(name string, proto proxier.Protocol, clusterIP string, port uint16, eps
 	sp := &proxier.ServicePort{
 		Name: spn("default", name, "", proto), Protocol: proto,
 		ClusterIP: netip.MustParseAddr(clusterIP), Port: port,
-		ClusterEndpoints: eps, AllEndpoints: eps, HasAnyEndpoints: len(eps) > 0,
-	}
-	for _, e := range eps {
-		if e.Local {
-			sp.LocalEndpoints = append(sp.LocalEndpoints, e)
-		}
+		AllEndpoints: eps,
 	}
 	return sp
 }
 
+// resolve has the planner decide sp's endpoint lists from AllEndpoints
+// and its policy fields, as in production.
+func resolve(sp *proxier.ServicePort) {
+	all := slices.Clone(sp.AllEndpoints)
+	slices.SortFunc(all, func(a, b proxier.Endpoint) int { return a.Addr.Compare(b.Addr) })
+	planner.ResolveEndpoints(sp, all, &planner.NodeInfo{Name: "node-a"})
+}
+
 func snapshot(svcs ...*proxier.ServicePort) *proxier.Snapshot {
+	for _, sp := range svcs {
+		resolve(sp)
+	}
 	return &proxier.Snapshot{
 		Family:            proxier.IPv4,
 		NodeName:          "node-a",

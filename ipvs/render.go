@@ -27,10 +27,10 @@ const (
 
 // Schedulers are the IPVS schedulers accepted by --ipvs-scheduler and the
 // switchyard.io/ipvs-scheduler annotation.
-var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh", "fo", "ovf", "twos"}
+var Schedulers = proxier.IPVSSchedulers
 
 // validScheduler reports whether s names a known scheduler.
-func validScheduler(s string) bool { return slices.Contains(Schedulers, s) }
+func validScheduler(s string) bool { return proxier.ValidIPVSScheduler(s) }
 
 // Set base names (IPv4 sets are "SWY-"+base, IPv6 ones "SWY-6-"+base).
 const (
@@ -263,41 +263,44 @@ func (r *familyRenderer) render() error {
 		}
 		proto, port := sp.Protocol, sp.Port
 		key := func(a netip.Addr, p uint16) Key { return Key{Family: fam, Addr: a, Protocol: proto, Port: p} }
+		// The planner chose the endpoints of each kind of traffic; this only
+		// maps them to virtual servers.
 		internal, external := sp.InternalEndpoints(), sp.ExternalEndpoints()
-		// blocked records an address that cannot be served: REJECT when the
-		// port has no endpoint at all, DROP when its policy's list is empty.
-		blocked := func(a netip.Addr, p uint16, eps []proxier.Endpoint) {
+		// blocked records an address that no endpoint serves, in the set
+		// of the planner's Unserved action (REJECT or DROP).
+		blocked := func(a netip.Addr, p uint16, choice proxier.EndpointChoice) {
 			switch {
-			case !sp.HasAnyEndpoints:
+			case choice != proxier.NoEndpoints:
+			case sp.Unserved == proxier.Reject:
 				r.add(setNoEndpoints, ipPort(a, proto, p))
-			case len(eps) == 0:
+			default:
 				r.add(setNoLocalEndpoints, ipPort(a, proto, p))
 			}
 		}
-		for _, e := range append(slices.Clone(sp.ClusterEndpoints), sp.LocalEndpoints...) {
+		for _, e := range sp.ReachableEndpoints {
 			r.add(setLoopBack, ipPort(e.Addr.Addr(), proto, e.Addr.Port())+","+e.Addr.Addr().String())
 		}
 		if sp.ClusterIP.IsValid() {
 			r.addrs[sp.ClusterIP] = true
 			r.addVS(key(sp.ClusterIP, port), sp, sched, internal)
 			r.add(setClusterIP, ipPort(sp.ClusterIP, proto, port))
-			blocked(sp.ClusterIP, port, internal)
+			blocked(sp.ClusterIP, port, sp.Internal)
 		}
 		// Internal traffic (pods, this node) to the external addresses of
 		// an externalTrafficPolicy Local port goes to a fwmark virtual
 		// server with the cluster endpoints (kubernetes#71596).
 		var mark uint32
-		if sp.ExternalPolicyLocal && sp.ExternallyAccessible() && len(sp.ClusterEndpoints) > 0 {
+		if sp.ShortCircuit != proxier.NoEndpoints {
 			m, err := r.fwmark(sp.Name.String() + "/" + string(proto))
 			if err != nil {
 				return err
 			}
 			mark = m
-			r.addVS(Key{Family: fam, FWMark: m}, sp, sched, sp.ClusterEndpoints)
+			r.addVS(Key{Family: fam, FWMark: m}, sp, sched, sp.ShortCircuitEndpoints())
 		}
 		external1 := func(a netip.Addr, p uint16) {
 			r.addVS(key(a, p), sp, sched, external)
-			blocked(a, p, external)
+			blocked(a, p, sp.External)
 			if mark != 0 {
 				r.marks = append(r.marks, etpMark{a, proto, p, mark, sp.Name.String()})
 			}

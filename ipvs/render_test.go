@@ -49,10 +49,12 @@ func TestGolden(t *testing.T) {
 	v6.NodeIPs = ips("fd00:50::10")
 	v6.Masquerade.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("fd00:244::/64")}
 	v6.Services[0].NodePort = 30080
+	resolve(v6.Services[0])
 	masqAll := snapshot(svc("web", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", true)))
 	masqAll.Masquerade = proxier.MasqueradeConfig{All: true, MarkBit: 14}
 	selected := snapshot(svc("web", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", true)))
 	selected.Services[0].NodePort = 30080
+	resolve(selected.Services[0])
 	selected.NodePortAddresses = proxier.NodePortAddresses{Addrs: ips("192.168.50.10")}
 	selected.Masquerade.ClusterCIDRs = nil
 	for name, snaps := range map[string][]*proxier.Snapshot{
@@ -213,6 +215,7 @@ func TestFWMarksStable(t *testing.T) {
 	extra := svc("zzz", proxier.TCP, "10.96.0.99", 80, ep("10.244.9.9:80", true))
 	extra.NodePort = 30999
 	extra.ExternalPolicyLocal = true
+	resolve(extra)
 	s.Services = append(s.Services, extra)
 	b := mustRender(t, s)
 	marks := func(st *State) map[string]uint32 {
@@ -243,6 +246,7 @@ func TestRenderNodePortsOnLocalAddresses(t *testing.T) {
 	snap := snapshot(svc("web", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", true)))
 	snap.Services[0].NodePort = 30080
 	snap.Services[0].ExternalPolicyLocal = true
+	resolve(snap.Services[0])
 	st, err := Render([]*proxier.Snapshot{snap}, RenderOptions{LocalAddrs: ips("192.0.2.1", "fd00::1", "10.0.2.15")})
 	if err != nil {
 		t.Fatal(err)

@@ -106,9 +106,9 @@ func (n ServicePortName) Less(o ServicePortName) bool {
 type Endpoint struct {
 	// Addr is the endpoint's IP address and target port.
 	Addr netip.AddrPort
-	// Ready, Serving and Terminating are the slice conditions with their
-	// defaults applied (ready nil = true, serving nil = ready, terminating
-	// nil = false).
+	// Ready, Serving and Terminating are the slice conditions with
+	// upstream's defaults applied (ready nil = true, serving nil = true,
+	// terminating nil = false).
 	Ready       bool `json:"ready"`
 	Serving     bool `json:"serving"`
 	Terminating bool `json:"terminating"`
@@ -117,6 +117,10 @@ type Endpoint struct {
 	// NodeName and Zone come from the slice (informational).
 	NodeName string `json:"nodeName,omitempty"`
 	Zone     string `json:"zone,omitempty"`
+	// ZoneHints and NodeHints are the slice's topology hints (forZones,
+	// forNodes); the planner reads them, backends do not.
+	ZoneHints []string `json:"zoneHints,omitempty"`
+	NodeHints []string `json:"nodeHints,omitempty"`
 }
 
 // String returns "ip:port".
@@ -159,33 +163,108 @@ type ServicePort struct {
 	// externalTrafficPolicy Local load balancers, or 0.
 	HealthCheckNodePort uint16
 	// ExternalPolicyLocal is true when externalTrafficPolicy is Local and
-	// the service is externally accessible.
+	// the service is externally accessible: external traffic from outside
+	// the node keeps its source address (no masquerade).
 	ExternalPolicyLocal bool
 	// InternalPolicyLocal is true when internalTrafficPolicy is Local.
 	InternalPolicyLocal bool
 	// Affinity is the ClientIP session affinity.
 	Affinity SessionAffinity
-	// Scheduler is the per-service IPVS scheduler annotation, or "".
+	// Scheduler is the per-service IPVS scheduler from the annotation,
+	// validated by the planner, or "" for the node's default.
 	Scheduler string `json:",omitempty"`
+	// NodePortConflict names the service that holds this port's node port
+	// when the planner had to drop it (NodePort is then 0).
+	NodePortConflict string `json:",omitempty"`
 
-	// ClusterEndpoints serve traffic to the cluster IP (and external
-	// traffic when ExternalPolicyLocal is false, and pod-originated traffic
-	// to external addresses). They already honour internalTrafficPolicy,
-	// topology and the ready → serving-terminating fallback.
+	// The endpoint lists and which one each kind of traffic uses are
+	// decided by the planner with upstream kube-proxy's semantics
+	// (CategorizeEndpoints); backends translate them and never choose.
+
+	// ClusterEndpoints are the endpoints of the Cluster traffic policy:
+	// ready ones allowed by topology, or, when none is ready anywhere, the
+	// serving-terminating ones. Nil when the port never uses Cluster policy.
 	ClusterEndpoints []Endpoint
-	// LocalEndpoints are the endpoints on this node that serve traffic under
-	// a Local policy (ready ones, or serving-terminating ones if none is
-	// ready). Meaningful when ExternalPolicyLocal or InternalPolicyLocal.
+	// LocalEndpoints are the endpoints of the Local traffic policy: this
+	// node's ready ones, or, when it has none, its serving-terminating
+	// ones. Nil when the port never uses Local policy.
 	LocalEndpoints []Endpoint
+	// Internal says which list serves traffic to the cluster IP.
+	Internal EndpointChoice
+	// External says which list serves traffic from outside the node to
+	// the node port, external IPs and load-balancer IPs. NoEndpoints when
+	// the port is not externally accessible or the list is empty.
+	External EndpointChoice
+	// ShortCircuit says which list serves traffic from this node and its
+	// pods to the external addresses when ExternalPolicyLocal is set (they
+	// bypass the external policy, as if they went out to the load balancer
+	// and came back). NoEndpoints otherwise.
+	ShortCircuit EndpointChoice
+	// Unserved is what traffic that no list serves gets: Reject when the
+	// port has no usable endpoint anywhere, Drop otherwise.
+	Unserved UnservedAction
+	// ReachableEndpoints is the union of the lists in use, sorted by
+	// address: every endpoint a rule may forward to.
+	ReachableEndpoints []Endpoint
 	// AllEndpoints is every endpoint of the port after deduplication, in any
 	// condition (for conntrack cleanup and for display).
 	AllEndpoints []Endpoint
 	// HasAnyEndpoints is true when some endpoint anywhere could serve
-	// (ready, or serving and terminating). A port without any is rejected.
+	// (ready, or serving and terminating).
 	HasAnyEndpoints bool
 	// LocalReadyEndpoints counts this node's ready endpoints (health check).
 	LocalReadyEndpoints int
 }
+
+// EndpointChoice names one of a ServicePort's endpoint lists.
+type EndpointChoice uint8
+
+const (
+	// NoEndpoints means no list serves the traffic: it gets the port's
+	// Unserved action.
+	NoEndpoints EndpointChoice = iota
+	// ClusterPolicy selects ClusterEndpoints.
+	ClusterPolicy
+	// LocalPolicy selects LocalEndpoints.
+	LocalPolicy
+)
+
+// String returns "none", "cluster" or "local".
+func (c EndpointChoice) String() string {
+	switch c {
+	case ClusterPolicy:
+		return "cluster"
+	case LocalPolicy:
+		return "local"
+	}
+	return "none"
+}
+
+// MarshalText makes plans print the choice by name.
+func (c EndpointChoice) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// UnservedAction is what happens to traffic no endpoint list serves.
+type UnservedAction uint8
+
+const (
+	// Reject answers with an ICMP error / TCP reset: the service has no
+	// usable endpoint anywhere.
+	Reject UnservedAction = iota
+	// Drop silently drops: endpoints exist, but none for this traffic
+	// under a Local policy.
+	Drop
+)
+
+// String returns "reject" or "drop".
+func (a UnservedAction) String() string {
+	if a == Drop {
+		return "drop"
+	}
+	return "reject"
+}
+
+// MarshalText makes plans print the action by name.
+func (a UnservedAction) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
 
 // ExternallyAccessible reports whether the port has any external address:
 // a node port, an external IP or a load-balancer IP.
@@ -193,26 +272,27 @@ func (p *ServicePort) ExternallyAccessible() bool {
 	return p.NodePort != 0 || len(p.ExternalIPs) > 0 || len(p.LoadBalancerIPs) > 0
 }
 
-// ExternalEndpoints returns the endpoints that serve traffic arriving from
-// outside the cluster at a node port, external IP or load-balancer IP:
-// the local endpoints under externalTrafficPolicy Local, else the cluster
-// endpoints.
-func (p *ServicePort) ExternalEndpoints() []Endpoint {
-	if p.ExternalPolicyLocal {
+// Endpoints returns the list c selects (nil for NoEndpoints).
+func (p *ServicePort) Endpoints(c EndpointChoice) []Endpoint {
+	switch c {
+	case ClusterPolicy:
+		return p.ClusterEndpoints
+	case LocalPolicy:
 		return p.LocalEndpoints
 	}
-	return p.ClusterEndpoints
+	return nil
 }
 
-// InternalEndpoints returns the endpoints that serve traffic to the cluster
-// IP: the local endpoints under internalTrafficPolicy Local, else the
-// cluster endpoints.
-func (p *ServicePort) InternalEndpoints() []Endpoint {
-	if p.InternalPolicyLocal {
-		return p.LocalEndpoints
-	}
-	return p.ClusterEndpoints
-}
+// InternalEndpoints returns the endpoints serving the cluster IP.
+func (p *ServicePort) InternalEndpoints() []Endpoint { return p.Endpoints(p.Internal) }
+
+// ExternalEndpoints returns the endpoints serving external traffic from
+// outside the node.
+func (p *ServicePort) ExternalEndpoints() []Endpoint { return p.Endpoints(p.External) }
+
+// ShortCircuitEndpoints returns the endpoints serving this node's and its
+// pods' traffic to external addresses under externalTrafficPolicy Local.
+func (p *ServicePort) ShortCircuitEndpoints() []Endpoint { return p.Endpoints(p.ShortCircuit) }
 
 // MasqueradeConfig says which traffic is source-NATed to the node.
 type MasqueradeConfig struct {
@@ -325,4 +405,19 @@ type Backend interface {
 type Renderer interface {
 	// Render returns the text a full sync of snaps would write.
 	Render(snaps []*Snapshot) (string, error)
+}
+
+// IPVSSchedulers are the IPVS scheduler names switchyard accepts, from
+// --ipvs-scheduler and from a Service's scheduler annotation (validated by
+// the planner, so one bad annotation cannot fail a sync).
+var IPVSSchedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh", "fo", "ovf", "twos"}
+
+// ValidIPVSScheduler reports whether s names a known IPVS scheduler.
+func ValidIPVSScheduler(s string) bool {
+	for _, x := range IPVSSchedulers {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }

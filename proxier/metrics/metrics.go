@@ -76,6 +76,7 @@ type Metrics struct {
 	serviceTotal        prometheus.Counter
 	modeFailures        *prometheus.CounterVec // nil when the mode has none
 	noLocalEndpoints    *prometheus.GaugeVec
+	nodePortConflicts   *prometheus.GaugeVec
 	healthzTotal        *prometheus.CounterVec
 	livezTotal          *prometheus.CounterVec
 
@@ -119,6 +120,8 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 		Help: "Cumulative proxy rules Service changes"})
 	m.noLocalEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_no_local_endpoints_total",
 		Help: "Number of services with a Local traffic policy and no endpoints"}, []string{"ip_family", "traffic_policy"})
+	m.nodePortConflicts = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "service_node_port_conflicts",
+		Help: "Service ports whose node port is held by an older service and is therefore not served (their other addresses are)."}, fam)
 	m.healthzTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_healthz_total",
 		Help: "Cumulative proxy healthz HTTP status"}, []string{"code"})
 	m.livezTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_livez_total",
@@ -146,7 +149,7 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.syncDuration, m.syncFullDuration, m.syncPartialDuration, m.networkProgramming,
 		m.lastSync, m.lastQueued, m.endpointPending, m.endpointTotal, m.servicePending, m.serviceTotal,
-		m.noLocalEndpoints, m.healthzTotal, m.livezTotal,
+		m.noLocalEndpoints, m.nodePortConflicts, m.healthzTotal, m.livezTotal,
 		m.syncFailures, m.syncs, m.lastBytes, m.lastRules,
 	)
 	if m.modeFailures != nil {
@@ -272,20 +275,26 @@ func (m *Metrics) NetworkProgrammed(family proxier.IPFamily, triggers []time.Tim
 // internal traffic policy is Local but which have no local endpoint.
 func (m *Metrics) ObserveSnapshots(snaps []*proxier.Snapshot) {
 	for _, s := range snaps {
-		internal, external := 0, 0
+		internal, external, conflicts := 0, 0, 0
 		for _, p := range s.Services {
-			if len(p.LocalEndpoints) > 0 {
+			if p.NodePortConflict != "" {
+				conflicts++
+			}
+			// As upstream: ports with usable endpoints somewhere whose
+			// Local policy leaves a kind of traffic without any.
+			if !p.HasAnyEndpoints {
 				continue
 			}
-			if p.InternalPolicyLocal {
+			if p.InternalPolicyLocal && p.Internal == proxier.NoEndpoints {
 				internal++
 			}
-			if p.ExternalPolicyLocal {
+			if p.ExternalPolicyLocal && p.ExternallyAccessible() && p.External == proxier.NoEndpoints {
 				external++
 			}
 		}
 		m.noLocalEndpoints.WithLabelValues(s.Family.String(), "internal").Set(float64(internal))
 		m.noLocalEndpoints.WithLabelValues(s.Family.String(), "external").Set(float64(external))
+		m.nodePortConflicts.WithLabelValues(s.Family.String()).Set(float64(conflicts))
 	}
 }
 

@@ -304,11 +304,15 @@ func TestNoLocalEndpoints(t *testing.T) {
 	m := New("iptables", proxier.IPv4)
 	base := serve(t, m)
 	local := []proxier.Endpoint{{Addr: netip.MustParseAddrPort("10.0.0.1:80"), Ready: true, Local: true}}
+	// The planner's decisions, as ResolveEndpoints writes them: endpoints
+	// exist elsewhere (HasAnyEndpoints) but none serves the Local policy.
 	m.ObserveSnapshots([]*proxier.Snapshot{{Family: proxier.IPv4, Services: []*proxier.ServicePort{
-		{ExternalPolicyLocal: true},
-		{ExternalPolicyLocal: true, InternalPolicyLocal: true},
-		{ExternalPolicyLocal: true, LocalEndpoints: local},
-		{InternalPolicyLocal: true, LocalEndpoints: local},
+		{NodePort: 30001, ExternalPolicyLocal: true, HasAnyEndpoints: true, Internal: proxier.ClusterPolicy},
+		{NodePort: 30002, ExternalPolicyLocal: true, InternalPolicyLocal: true, HasAnyEndpoints: true},
+		{NodePort: 30003, ExternalPolicyLocal: true, LocalEndpoints: local, HasAnyEndpoints: true, External: proxier.LocalPolicy, Internal: proxier.ClusterPolicy},
+		{InternalPolicyLocal: true, LocalEndpoints: local, HasAnyEndpoints: true, Internal: proxier.LocalPolicy},
+		{InternalPolicyLocal: true},         // no endpoint anywhere: rejected, not counted
+		{NodePortConflict: "default/older"}, // counted in the conflict gauge
 		{},
 	}}})
 	fams := scrape(t, base)
@@ -317,6 +321,9 @@ func TestNoLocalEndpoints(t *testing.T) {
 	}
 	if v := value(t, fams, "kubeproxy_sync_proxy_rules_no_local_endpoints_total", map[string]string{"ip_family": "IPv4", "traffic_policy": "internal"}); v != 1 {
 		t.Errorf("internal = %v, want 1", v)
+	}
+	if v := value(t, fams, "switchyard_service_node_port_conflicts", map[string]string{"ip_family": "IPv4"}); v != 1 {
+		t.Errorf("node-port conflicts = %v, want 1", v)
 	}
 }
 

@@ -11,25 +11,23 @@ import (
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
-// candidate is an endpoint together with its topology hints.
-type candidate struct {
-	ep        proxier.Endpoint
-	zoneHints []string
-	nodeHints []string
-}
-
-func (c *candidate) usable() bool { return c.ep.Ready || (c.ep.Serving && c.ep.Terminating) }
-
-// rank orders duplicate endpoints: a ready copy beats a serving one beats
-// the rest, so a slice being replaced never hides a ready endpoint.
-func (c *candidate) rank() int {
-	switch {
-	case c.ep.Ready:
-		return 2
-	case c.ep.Serving:
-		return 1
+// rank orders duplicate endpoints (the same ip:port in two slices, as
+// while an endpoint moves between slices or a terminating pod's IP is
+// reused): like upstream, a non-terminating copy beats a terminating one;
+// among those, a ready copy beats a serving one beats the rest, so a slice
+// being replaced never hides a ready endpoint.
+func rank(e *proxier.Endpoint) int {
+	r := 0
+	if !e.Terminating {
+		r += 4
 	}
-	return 0
+	switch {
+	case e.Ready:
+		r += 2
+	case e.Serving:
+		r++
+	}
+	return r
 }
 
 type portKey struct {
@@ -38,9 +36,9 @@ type portKey struct {
 }
 
 // endpointIndex holds one family's endpoints of a service, by slice port.
-type endpointIndex map[portKey][]candidate
+type endpointIndex map[portKey][]proxier.Endpoint
 
-func (idx endpointIndex) forPort(name string, proto proxier.Protocol) []candidate {
+func (idx endpointIndex) forPort(name string, proto proxier.Protocol) []proxier.Endpoint {
 	if idx == nil {
 		return nil
 	}
@@ -48,8 +46,8 @@ func (idx endpointIndex) forPort(name string, proto proxier.Protocol) []candidat
 }
 
 // collectEndpoints reads a service's slices into per-family endpoint lists,
-// deduplicated by ip:port across slices, with condition defaults applied
-// (ready nil = true, serving nil = ready, terminating nil = false).
+// deduplicated by ip:port across slices, with upstream's condition defaults
+// (ready nil = true, serving nil = true, terminating nil = false).
 func (p *ServicePlan) collectEndpoints(slices []*discoveryv1.EndpointSlice, cfg *Config) map[proxier.IPFamily]endpointIndex {
 	sorted := append([]*discoveryv1.EndpointSlice(nil), slices...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
@@ -79,7 +77,7 @@ func (p *ServicePlan) collectEndpoints(slices []*discoveryv1.EndpointSlice, cfg 
 		// Parse the endpoints once; they are shared by all ports.
 		type parsed struct {
 			addr netip.Addr
-			c    candidate
+			ep   proxier.Endpoint
 		}
 		eps := make([]parsed, 0, len(sl.Endpoints))
 		for i := range sl.Endpoints {
@@ -97,26 +95,23 @@ func (p *ServicePlan) collectEndpoints(slices []*discoveryv1.EndpointSlice, cfg 
 				bad("endpoint address %s is not %s as the slice's addressType says; endpoint skipped", addr, fam)
 				continue
 			}
-			c := candidate{}
-			c.ep.Ready = e.Conditions.Ready == nil || *e.Conditions.Ready
-			c.ep.Serving = c.ep.Ready
-			if e.Conditions.Serving != nil {
-				c.ep.Serving = *e.Conditions.Serving
-			}
-			c.ep.Terminating = e.Conditions.Terminating != nil && *e.Conditions.Terminating
+			c := proxier.Endpoint{}
+			c.Ready = e.Conditions.Ready == nil || *e.Conditions.Ready
+			c.Serving = e.Conditions.Serving == nil || *e.Conditions.Serving
+			c.Terminating = e.Conditions.Terminating != nil && *e.Conditions.Terminating
 			if e.NodeName != nil {
-				c.ep.NodeName = *e.NodeName
-				c.ep.Local = *e.NodeName == cfg.Node.Name && cfg.Node.Name != ""
+				c.NodeName = *e.NodeName
+				c.Local = *e.NodeName == cfg.Node.Name && cfg.Node.Name != ""
 			}
 			if e.Zone != nil {
-				c.ep.Zone = *e.Zone
+				c.Zone = *e.Zone
 			}
 			if e.Hints != nil {
 				for _, z := range e.Hints.ForZones {
-					c.zoneHints = append(c.zoneHints, z.Name)
+					c.ZoneHints = append(c.ZoneHints, z.Name)
 				}
 				for _, n := range e.Hints.ForNodes {
-					c.nodeHints = append(c.nodeHints, n.Name)
+					c.NodeHints = append(c.NodeHints, n.Name)
 				}
 			}
 			eps = append(eps, parsed{addr, c})
@@ -147,11 +142,11 @@ func (p *ServicePlan) collectEndpoints(slices []*discoveryv1.EndpointSlice, cfg 
 			}
 			list := idx[k]
 			if list == nil {
-				list = make([]candidate, 0, len(eps))
+				list = make([]proxier.Endpoint, 0, len(eps))
 			}
 			for _, e := range eps {
-				c := e.c
-				c.ep.Addr = netip.AddrPortFrom(e.addr, uint16(*sp.Port))
+				c := e.ep
+				c.Addr = netip.AddrPortFrom(e.addr, uint16(*sp.Port))
 				list = append(list, c)
 			}
 			idx[k] = list
@@ -165,14 +160,15 @@ func (p *ServicePlan) collectEndpoints(slices []*discoveryv1.EndpointSlice, cfg 
 	return out
 }
 
-// sortAndDedupe sorts candidates by address and keeps one copy of each
+// sortAndDedupe sorts endpoints by address and keeps one copy of each
 // ip:port: the best-ranked, the first slice (by name) among equals.
-func sortAndDedupe(list []candidate) []candidate {
-	sort.SliceStable(list, func(i, j int) bool { return list[i].ep.Addr.Compare(list[j].ep.Addr) < 0 })
+func sortAndDedupe(list []proxier.Endpoint) []proxier.Endpoint {
+	sort.SliceStable(list, func(i, j int) bool { return list[i].Addr.Compare(list[j].Addr) < 0 })
 	out := list[:0]
-	for _, c := range list {
-		if n := len(out); n > 0 && out[n-1].ep.Addr == c.ep.Addr {
-			if c.rank() > out[n-1].rank() {
+	for i := range list {
+		c := list[i]
+		if n := len(out); n > 0 && out[n-1].Addr == c.Addr {
+			if rank(&c) > rank(&out[n-1]) {
 				out[n-1] = c
 			}
 			continue
@@ -189,29 +185,34 @@ const (
 	topologyZones = "PreferSameZone"
 )
 
-// topologyMode decides whether hints are used: node hints when every ready
-// endpoint has one and one names this node; otherwise zone hints when every
-// ready endpoint has one and one names this node's zone; otherwise none.
-func topologyMode(cands []candidate, node *NodeInfo) string {
+// topologyMode decides whether hints are used, as upstream: node hints when
+// every ready endpoint has one and one names this node; otherwise zone
+// hints when every ready endpoint has one and one names this node's zone;
+// otherwise none.
+func topologyMode(eps []proxier.Endpoint, node *NodeInfo) string {
+	anyReady := false
 	allNode, anyNode := true, false
 	allZone, anyZone := true, false
-	for i := range cands {
-		c := &cands[i]
-		if !c.ep.Ready {
+	for i := range eps {
+		e := &eps[i]
+		if !e.Ready {
 			continue
 		}
-		if len(c.nodeHints) == 0 {
+		anyReady = true
+		if len(e.NodeHints) == 0 {
 			allNode = false
-		} else if contains(c.nodeHints, node.Name) {
+		} else if contains(e.NodeHints, node.Name) {
 			anyNode = true
 		}
-		if len(c.zoneHints) == 0 {
+		if len(e.ZoneHints) == 0 {
 			allZone = false
-		} else if node.Zone != "" && contains(c.zoneHints, node.Zone) {
+		} else if contains(e.ZoneHints, node.Zone) {
 			anyZone = true
 		}
 	}
 	switch {
+	case !anyReady:
+		return topologyNone
 	case allNode && anyNode:
 		return topologyNode
 	case allZone && anyZone:
@@ -220,12 +221,12 @@ func topologyMode(cands []candidate, node *NodeInfo) string {
 	return topologyNone
 }
 
-func availableForTopology(c *candidate, mode string, node *NodeInfo) bool {
+func availableForTopology(e *proxier.Endpoint, mode string, node *NodeInfo) bool {
 	switch mode {
 	case topologyNode:
-		return contains(c.nodeHints, node.Name)
+		return contains(e.NodeHints, node.Name)
 	case topologyZones:
-		return contains(c.zoneHints, node.Zone)
+		return contains(e.ZoneHints, node.Zone)
 	}
 	return true
 }
@@ -239,55 +240,122 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// categorize fills the endpoint fields of sp with upstream kube-proxy's
-// semantics:
-//   - cluster endpoints: ready ones allowed by topology; if none, serving
-//     and terminating ones allowed by topology;
-//   - local endpoints: this node's ready ones; if none, this node's serving
-//     and terminating ones (topology does not apply to Local policies);
-//   - HasAnyEndpoints: some endpoint anywhere is ready or serving-terminating.
-func categorize(sp *proxier.ServicePort, cands []candidate, node *NodeInfo) {
-	all := make([]proxier.Endpoint, 0, len(cands))
-	for i := range cands {
-		all = append(all, cands[i].ep)
-		if cands[i].usable() {
+// ResolveEndpoints decides every endpoint field of sp from all, the port's
+// deduplicated endpoints (sorted by address), with upstream kube-proxy's
+// semantics (serviceport.go UsesClusterEndpoints/UsesLocalEndpoints and
+// topology.go CategorizeEndpoints). sp's policy fields (InternalPolicyLocal,
+// ExternalPolicyLocal) and addresses must be set. It is the one place that
+// chooses endpoints; backends only translate its result.
+//
+//   - The port uses Cluster endpoints when its internal policy is Cluster
+//     or it is externally accessible at all (even under
+//     externalTrafficPolicy Local: pods and the node itself reach its
+//     external addresses through them). Cluster endpoints: the ready ones
+//     allowed by topology; if none, the serving-terminating ones.
+//   - It uses Local endpoints when its internal policy is Local, or its
+//     external policy is Local and it is externally accessible. Local
+//     endpoints: this node's ready ones; if none, its serving-terminating
+//     ones; topology does not apply.
+//   - The cluster IP is served by the Local list under
+//     internalTrafficPolicy Local, else by the Cluster list; external
+//     traffic from outside likewise with externalTrafficPolicy; traffic
+//     from the node and its pods to external addresses (the short-circuit)
+//     by the Cluster list when the external policy is Local.
+//   - Unserved traffic is rejected when no endpoint anywhere is usable,
+//     and dropped otherwise.
+func ResolveEndpoints(sp *proxier.ServicePort, all []proxier.Endpoint, node *NodeInfo) {
+	sp.AllEndpoints = all
+	sp.ClusterEndpoints, sp.LocalEndpoints, sp.ReachableEndpoints = nil, nil, nil
+	sp.HasAnyEndpoints, sp.LocalReadyEndpoints = false, 0
+	sp.Internal, sp.External, sp.ShortCircuit = proxier.NoEndpoints, proxier.NoEndpoints, proxier.NoEndpoints
+	for i := range all {
+		e := &all[i]
+		if e.Ready || (e.Serving && e.Terminating) {
 			sp.HasAnyEndpoints = true
 		}
-		if cands[i].ep.Local && cands[i].ep.Ready {
+		if e.Local && e.Ready {
 			sp.LocalReadyEndpoints++
 		}
 	}
-	sp.AllEndpoints = all
-
-	usesCluster := !sp.InternalPolicyLocal || (sp.ExternallyAccessible() && !sp.ExternalPolicyLocal)
-	usesLocal := sp.InternalPolicyLocal || (sp.ExternallyAccessible() && sp.ExternalPolicyLocal)
+	external := sp.ExternallyAccessible()
+	usesCluster := !sp.InternalPolicyLocal || external
+	usesLocal := sp.InternalPolicyLocal || (sp.ExternalPolicyLocal && external)
 
 	if usesCluster {
-		mode := topologyMode(cands, node)
-		sp.ClusterEndpoints = pick(cands, func(c *candidate) bool {
-			return c.ep.Ready && availableForTopology(c, mode, node)
+		mode := topologyMode(all, node)
+		sp.ClusterEndpoints = pick(all, func(e *proxier.Endpoint) bool {
+			return e.Ready && availableForTopology(e, mode, node)
 		})
 		if len(sp.ClusterEndpoints) == 0 {
-			sp.ClusterEndpoints = pick(cands, func(c *candidate) bool {
-				return c.ep.Serving && c.ep.Terminating && availableForTopology(c, mode, node)
-			})
+			// No ready endpoint anywhere (topology is only used when one is
+			// available here): fall back to serving-terminating ones.
+			sp.ClusterEndpoints = pick(all, func(e *proxier.Endpoint) bool { return e.Serving && e.Terminating })
 		}
 	}
 	if usesLocal {
-		sp.LocalEndpoints = pick(cands, func(c *candidate) bool { return c.ep.Local && c.ep.Ready })
+		sp.LocalEndpoints = pick(all, func(e *proxier.Endpoint) bool { return e.Local && e.Ready })
 		if len(sp.LocalEndpoints) == 0 {
-			sp.LocalEndpoints = pick(cands, func(c *candidate) bool {
-				return c.ep.Local && c.ep.Serving && c.ep.Terminating
-			})
+			sp.LocalEndpoints = pick(all, func(e *proxier.Endpoint) bool { return e.Local && e.Serving && e.Terminating })
 		}
+	}
+
+	choose := func(local bool) proxier.EndpointChoice {
+		switch {
+		case local && len(sp.LocalEndpoints) > 0:
+			return proxier.LocalPolicy
+		case !local && len(sp.ClusterEndpoints) > 0:
+			return proxier.ClusterPolicy
+		}
+		return proxier.NoEndpoints
+	}
+	sp.Internal = choose(sp.InternalPolicyLocal)
+	if external {
+		sp.External = choose(sp.ExternalPolicyLocal)
+		if sp.ExternalPolicyLocal {
+			sp.ShortCircuit = choose(false)
+		}
+	}
+	sp.Unserved = proxier.Reject
+	if sp.HasAnyEndpoints {
+		sp.Unserved = proxier.Drop
+	}
+
+	switch {
+	case len(sp.LocalEndpoints) == 0:
+		sp.ReachableEndpoints = sp.ClusterEndpoints
+	case len(sp.ClusterEndpoints) == 0:
+		sp.ReachableEndpoints = sp.LocalEndpoints
+	default:
+		sp.ReachableEndpoints = union(sp.ClusterEndpoints, sp.LocalEndpoints)
 	}
 }
 
-// pick returns the endpoints keep accepts, in the candidates' (address) order.
-func pick(cands []candidate, keep func(*candidate) bool) []proxier.Endpoint {
+// union merges two address-sorted endpoint lists, keeping one copy of each
+// address.
+func union(a, b []proxier.Endpoint) []proxier.Endpoint {
+	out := make([]proxier.Endpoint, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i].Addr.Compare(b[j].Addr) < 0):
+			out = append(out, a[i])
+			i++
+		case i == len(a) || b[j].Addr.Compare(a[i].Addr) < 0:
+			out = append(out, b[j])
+			j++
+		default:
+			out = append(out, a[i])
+			i, j = i+1, j+1
+		}
+	}
+	return out
+}
+
+// pick returns the endpoints keep accepts, in their (address) order.
+func pick(eps []proxier.Endpoint, keep func(*proxier.Endpoint) bool) []proxier.Endpoint {
 	n := 0
-	for i := range cands {
-		if keep(&cands[i]) {
+	for i := range eps {
+		if keep(&eps[i]) {
 			n++
 		}
 	}
@@ -295,9 +363,9 @@ func pick(cands []candidate, keep func(*candidate) bool) []proxier.Endpoint {
 		return nil
 	}
 	out := make([]proxier.Endpoint, 0, n)
-	for i := range cands {
-		if keep(&cands[i]) {
-			out = append(out, cands[i].ep)
+	for i := range eps {
+		if keep(&eps[i]) {
+			out = append(out, eps[i])
 		}
 	}
 	return out

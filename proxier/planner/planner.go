@@ -96,6 +96,9 @@ type Problem struct {
 	Object string
 	// Reason says what is wrong and what was skipped.
 	Reason string
+	// NodePortConflict is set on problems that are node-port conflicts
+	// between services (they are also counted in a metric).
+	NodePortConflict bool `json:",omitempty"`
 }
 
 // String returns a log-ready description.
@@ -158,8 +161,9 @@ func SliceServiceKey(sl *discoveryv1.EndpointSlice) (string, *Problem) {
 }
 
 // Assemble builds snapshots from per-service plans: it resolves node-port
-// conflicts between services (the oldest service keeps the port) and fills
-// the node-wide fields. Plans sorted by namespace/name (as the tracker keeps
+// conflicts between services (the oldest service keeps the node port; the
+// others lose only their node port, in a copy of their ServicePort with
+// NodePortConflict set) and fills the node-wide fields. Plans sorted by namespace/name (as the tracker keeps
 // them) are used as they are; otherwise they are sorted first. The returned
 // snapshots have no Changed set; the caller decides what changed.
 func Assemble(plans []*ServicePlan, cfg *Config) ([]*proxier.Snapshot, []Problem) {
@@ -193,9 +197,13 @@ func Assemble(plans []*ServicePlan, cfg *Config) ([]*proxier.Snapshot, []Problem
 		}
 		for _, p := range plans {
 			for _, sp := range p.Ports {
-				if proxier.FamilyOf(sp.ClusterIP) == fam && !rejected[sp] {
-					snap.Services = append(snap.Services, sp)
+				if proxier.FamilyOf(sp.ClusterIP) != fam {
+					continue
 				}
+				if winner, lost := rejected[sp]; lost {
+					sp = withoutNodePort(sp, winner, &cfg.Node)
+				}
+				snap.Services = append(snap.Services, sp)
 			}
 		}
 		snaps = append(snaps, snap)
@@ -203,10 +211,26 @@ func Assemble(plans []*ServicePlan, cfg *Config) ([]*proxier.Snapshot, []Problem
 	return snaps, problems
 }
 
+// withoutNodePort returns a copy of sp that lost its node port to the
+// service winner, with its endpoints decided again (without a node port the
+// port may no longer be externally accessible). The cached plan is not
+// modified.
+func withoutNodePort(sp *proxier.ServicePort, winner string, node *NodeInfo) *proxier.ServicePort {
+	c := *sp
+	c.NodePort = 0
+	c.NodePortConflict = winner
+	if !c.ExternallyAccessible() {
+		c.ExternalPolicyLocal = false
+	}
+	ResolveEndpoints(&c, c.AllEndpoints, node)
+	return &c
+}
+
 // nodePortConflicts finds service ports whose node port another service
-// already holds. The oldest service (then the first by namespace/name)
-// keeps the port; only services with node ports are looked at.
-func nodePortConflicts(plans []*ServicePlan) (map[*proxier.ServicePort]bool, []Problem) {
+// already holds, and names the holder. The oldest service (then the first
+// by namespace/name) keeps the port; only services with node ports are
+// looked at.
+func nodePortConflicts(plans []*ServicePlan) (map[*proxier.ServicePort]string, []Problem) {
 	var withNodePorts []*ServicePlan
 	for _, p := range plans {
 		for _, sp := range p.Ports {
@@ -226,7 +250,7 @@ func nodePortConflicts(plans []*ServicePlan) (map[*proxier.ServicePort]bool, []P
 		port uint16
 	}
 	owner := make(map[npKey]string, len(withNodePorts))
-	var rejected map[*proxier.ServicePort]bool
+	var rejected map[*proxier.ServicePort]string
 	var problems []Problem
 	for _, p := range withNodePorts {
 		for _, sp := range p.Ports {
@@ -236,12 +260,12 @@ func nodePortConflicts(plans []*ServicePlan) (map[*proxier.ServicePort]bool, []P
 			k := npKey{proxier.FamilyOf(sp.ClusterIP), sp.Protocol, sp.NodePort}
 			if other, taken := owner[k]; taken && other != p.Key {
 				if rejected == nil {
-					rejected = map[*proxier.ServicePort]bool{}
+					rejected = map[*proxier.ServicePort]string{}
 				}
-				rejected[sp] = true
-				problems = append(problems, Problem{Kind: "Service", Object: p.Key,
-					Reason: fmt.Sprintf("nodePort %d/%s is already used by service %s; port %q skipped",
-						sp.NodePort, sp.Protocol, other, sp.Name.Port)})
+				rejected[sp] = other
+				problems = append(problems, Problem{Kind: "Service", Object: p.Key, NodePortConflict: true,
+					Reason: fmt.Sprintf("nodePort %d/%s of port %q is already used by service %s (created earlier); the node port is not served, the port's other addresses are",
+						sp.NodePort, sp.Protocol, sp.Name.Port, other)})
 				continue
 			}
 			owner[k] = p.Key

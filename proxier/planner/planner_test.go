@@ -1,7 +1,9 @@
 package planner
 
 import (
+	"fmt"
 	"net/netip"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +39,11 @@ const (
 
 func TestPolicyTable(t *testing.T) {
 	np := nodePort(30080)
+	extIP := func(s *corev1.Service) { s.Spec.ExternalIPs = []string{"203.0.113.9"} }
+	both := L1 + "," + R1
+	// Columns: Cluster, Local, any usable endpoint, what outside traffic to
+	// external addresses uses, what cluster-IP traffic uses, what pods and
+	// the node use for external addresses under eTP Local (short-circuit).
 	cases := []struct {
 		name        string
 		svc         []func(*corev1.Service)
@@ -46,49 +53,62 @@ func TestPolicyTable(t *testing.T) {
 		wantAny     bool
 		wantExt     string // ExternalEndpoints()
 		wantInt     string // InternalEndpoints()
+		wantShort   string // ShortCircuitEndpoints()
 	}{
 		{"cluster policies, ready endpoints", []func(*corev1.Service){np}, []discoveryv1.Endpoint{local1(), remote1()},
-			L1 + "," + R1, "", true, L1 + "," + R1, L1 + "," + R1},
-		{"eTP Local uses only local ready", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
-			L1 + "," + R1, L1, true, L1, L1 + "," + R1},
+			both, "", true, both, both, ""},
+		{"ClusterIP only: no external traffic at all", nil, []discoveryv1.Endpoint{local1(), remote1()},
+			both, "", true, "", both, ""},
+		{"eTP Local uses only local ready; pods and node short-circuit to cluster", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
+			both, L1, true, L1, both, both},
 		{"eTP Local, no local endpoint: external gets none, cluster still served", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{remote1()},
-			R1, "", true, "", R1},
+			R1, "", true, "", R1, R1},
 		{"eTP Local falls back to local serving-terminating", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{localTerm(), remote1()},
-			R1, LT, true, LT, R1},
+			R1, LT, true, LT, R1, R1},
 		{"eTP Local prefers local ready over local terminating", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{local1(), localTerm()},
-			L1, L1, true, L1, L1},
+			L1, L1, true, L1, L1, L1},
 		{"eTP Local on a ClusterIP service without external IPs is ignored", []func(*corev1.Service){etpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
-			L1 + "," + R1, "", true, L1 + "," + R1, L1 + "," + R1},
+			both, "", true, "", both, ""},
+		{"eTP Local on a ClusterIP service with external IPs", []func(*corev1.Service){extIP, etpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
+			both, L1, true, L1, both, both},
 		{"iTP Local ClusterIP uses only local", []func(*corev1.Service){itpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
-			"", L1, true, "", L1},
+			"", L1, true, "", L1, ""},
 		{"iTP Local with eTP Cluster NodePort keeps cluster endpoints for external", []func(*corev1.Service){np, itpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
-			L1 + "," + R1, L1, true, L1 + "," + R1, L1},
-		{"iTP Local and eTP Local, no local endpoint: nothing anywhere on this node", []func(*corev1.Service){np, itpLocal, etpLocal}, []discoveryv1.Endpoint{remote1()},
-			"", "", true, "", ""},
+			both, L1, true, both, L1, ""},
+		// Upstream computes cluster endpoints when !iTPLocal || externally
+		// accessible: pods and the node reach the node port through them.
+		{"iTP Local and eTP Local: local for outside and cluster IP, cluster for the short-circuit", []func(*corev1.Service){np, itpLocal, etpLocal}, []discoveryv1.Endpoint{local1(), remote1()},
+			both, L1, true, L1, L1, both},
+		{"iTP Local and eTP Local, no local endpoint: only the short-circuit is served", []func(*corev1.Service){np, itpLocal, etpLocal}, []discoveryv1.Endpoint{remote1()},
+			R1, "", true, "", "", R1},
 		{"iTP Local falls back to local serving-terminating", []func(*corev1.Service){itpLocal}, []discoveryv1.Endpoint{localTerm(), remote1()},
-			"", LT, true, "", LT},
+			"", LT, true, "", LT, ""},
+		{"iTP Local without any local endpoint: nothing served, but endpoints exist (drop, not reject)", []func(*corev1.Service){itpLocal}, []discoveryv1.Endpoint{remote1()},
+			"", "", true, "", "", ""},
 		{"cluster falls back to serving-terminating when nothing is ready", nil, []discoveryv1.Endpoint{localTerm(), remoteTerm(), remote1(notReady)},
-			LT + "," + RT, "", true, LT + "," + RT, LT + "," + RT},
+			LT + "," + RT, "", true, "", LT + "," + RT, ""},
 		{"terminating endpoints unused while any is ready", nil, []discoveryv1.Endpoint{remote1(), remoteTerm()},
-			R1, "", true, R1, R1},
+			R1, "", true, "", R1, ""},
 		{"not serving terminating and not-ready endpoints serve nothing", nil, []discoveryv1.Endpoint{ep("10.244.2.9", terminatingGone), remote1(notReady)},
-			"", "", false, "", ""},
+			"", "", false, "", "", ""},
 		{"zone hints: same zone only", nil, []discoveryv1.Endpoint{local1(zoneHints("zone-a")), remote1(zoneHints("zone-a")), remote2(zoneHints("zone-b"))},
-			L1 + "," + R1, "", true, L1 + "," + R1, L1 + "," + R1},
+			both, "", true, "", both, ""},
 		{"zone hints ignored when one ready endpoint lacks hints", nil, []discoveryv1.Endpoint{local1(zoneHints("zone-a")), remote1(), remote2(zoneHints("zone-b"))},
-			L1 + "," + R1 + "," + R2, "", true, L1 + "," + R1 + "," + R2, L1 + "," + R1 + "," + R2},
+			both + "," + R2, "", true, "", both + "," + R2, ""},
 		{"zone hints ignored when none names this zone", nil, []discoveryv1.Endpoint{remote1(zoneHints("zone-b")), remote2(zoneHints("zone-c"))},
-			R1 + "," + R2, "", true, R1 + "," + R2, R1 + "," + R2},
+			R1 + "," + R2, "", true, "", R1 + "," + R2, ""},
 		{"hints on not-ready endpoints do not matter", nil, []discoveryv1.Endpoint{remote1(zoneHints("zone-a")), remote2(zoneHints("zone-b")), ep("10.244.2.7", notReady)},
-			R1, "", true, R1, R1},
+			R1, "", true, "", R1, ""},
 		{"node hints (PreferSameNode) win over zone hints", nil, []discoveryv1.Endpoint{local1(nodeHints(testNode), zoneHints("zone-a")), remote1(nodeHints("node-b"), zoneHints("zone-a"))},
-			L1, "", true, L1, L1},
+			L1, "", true, "", L1, ""},
 		{"node hints not naming this node fall back to zone hints", nil, []discoveryv1.Endpoint{local1(nodeHints("node-c"), zoneHints("zone-b")), remote1(nodeHints("node-b"), zoneHints("zone-a"))},
-			R1, "", true, R1, R1},
+			R1, "", true, "", R1, ""},
+		{"topology applies to external Cluster traffic too", []func(*corev1.Service){np}, []discoveryv1.Endpoint{local1(zoneHints("zone-a")), remote1(zoneHints("zone-b"))},
+			L1, "", true, L1, L1, ""},
 		{"Local policies ignore topology", []func(*corev1.Service){np, etpLocal}, []discoveryv1.Endpoint{local1(zoneHints("zone-b")), remote1(zoneHints("zone-a"))},
-			R1, L1, true, L1, R1},
+			R1, L1, true, L1, R1, R1},
 		{"terminating fallback with hints: topology decided on ready endpoints only", nil, []discoveryv1.Endpoint{localTerm(zoneHints("zone-a")), remoteTerm(zoneHints("zone-b"))},
-			LT + "," + RT, "", true, LT + "," + RT, LT + "," + RT},
+			LT + "," + RT, "", true, "", LT + "," + RT, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -111,14 +131,43 @@ func TestPolicyTable(t *testing.T) {
 			check("LocalEndpoints", ips(sp.LocalEndpoints), tc.wantLocal)
 			check("ExternalEndpoints", ips(sp.ExternalEndpoints()), tc.wantExt)
 			check("InternalEndpoints", ips(sp.InternalEndpoints()), tc.wantInt)
+			check("ShortCircuitEndpoints", ips(sp.ShortCircuitEndpoints()), tc.wantShort)
 			if sp.HasAnyEndpoints != tc.wantAny {
 				t.Errorf("HasAnyEndpoints = %v, want %v", sp.HasAnyEndpoints, tc.wantAny)
 			}
+			wantUnserved := proxier.Reject
+			if tc.wantAny {
+				wantUnserved = proxier.Drop
+			}
+			if sp.Unserved != wantUnserved {
+				t.Errorf("Unserved = %v, want %v", sp.Unserved, wantUnserved)
+			}
+			// Reachable is the union of the lists in use, sorted.
+			check("ReachableEndpoints", ips(sp.ReachableEndpoints), unionStrings(tc.wantCluster, tc.wantLocal))
 			if len(sp.AllEndpoints) != len(tc.eps) {
 				t.Errorf("AllEndpoints has %d, want %d", len(sp.AllEndpoints), len(tc.eps))
 			}
 		})
 	}
+}
+
+// unionStrings merges two comma lists of addresses, sorted, without
+// duplicates (the addresses in the table sort as strings).
+func unionStrings(a, b string) string {
+	set := map[string]bool{}
+	for _, l := range []string{a, b} {
+		for _, x := range strings.Split(l, ",") {
+			if x != "" {
+				set[x] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(set))
+	for x := range set {
+		out = append(out, x)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
 }
 
 func TestConditionDefaults(t *testing.T) {
@@ -133,7 +182,9 @@ func TestConditionDefaults(t *testing.T) {
 		ready, serving, terminating bool
 	}{
 		{"all nil", mk(nil, nil, nil), true, true, false},
-		{"ready false, serving nil follows ready", mk(bptr(false), nil, nil), false, false, false},
+		// Upstream (endpointslicecache.go): serving nil is true, whatever
+		// ready says.
+		{"ready false, serving nil is true", mk(bptr(false), nil, nil), false, true, false},
 		{"ready false serving true", mk(bptr(false), bptr(true), nil), false, true, false},
 		{"terminating true, ready nil", mk(nil, nil, bptr(true)), true, true, true},
 	}
@@ -320,7 +371,7 @@ func TestProblemsAreReportedOneByOne(t *testing.T) {
 		"Service default/bad-ip":          "not a valid IP address; service skipped",
 		"Service default/bad-port":        `port "big": port 70000 out of range`,
 		"Service default/np-range":        "nodePort 8080 outside the node port range 30000-32767",
-		"Service default/np-second":       "nodePort 30500/TCP is already used by service default/np-first",
+		"Service default/np-second":       `nodePort 30500/TCP of port "http" is already used by service default/np-first`,
 		"Service default/wrong-family":    "address 2001:db8::1 is not in the service's IP families",
 		"Service default/bad-range":       `"garbage" is not a CIDR; service skipped`,
 		"EndpointSlice default/missing-1": "service default/missing does not exist",
@@ -343,15 +394,34 @@ func TestProblemsAreReportedOneByOne(t *testing.T) {
 	for _, sp := range snap.Services {
 		got[sp.Name.String()] = true
 	}
-	for _, name := range []string{"default/good:http", "default/bad-port:http", "default/np-first:http", "default/wrong-family:http"} {
+	for _, name := range []string{"default/good:http", "default/bad-port:http", "default/np-first:http", "default/np-second:http", "default/wrong-family:http"} {
 		if !got[name] {
 			t.Errorf("%s missing from plan %v", name, got)
 		}
 	}
-	for _, name := range []string{"default/bad-ip:http", "default/np-range:http", "default/np-second:http", "default/bad-range:http", "default/bad-port:big"} {
+	for _, name := range []string{"default/bad-ip:http", "default/np-range:http", "default/bad-range:http", "default/bad-port:big"} {
 		if got[name] {
 			t.Errorf("%s planned but should be rejected", name)
 		}
+	}
+	// The node-port conflict costs the younger service its node port only:
+	// its cluster IP is still served.
+	first0 := snap.Lookup(proxier.ServicePortName{Namespace: "default", Name: "np-first", Port: "http", Protocol: proxier.TCP})
+	second0 := snap.Lookup(proxier.ServicePortName{Namespace: "default", Name: "np-second", Port: "http", Protocol: proxier.TCP})
+	if first0 == nil || first0.NodePort != 30500 || first0.NodePortConflict != "" {
+		t.Errorf("np-first must keep its node port: %+v", first0)
+	}
+	if second0 == nil || second0.NodePort != 0 || second0.NodePortConflict != "default/np-first" || second0.ClusterIP.String() != "10.96.0.14" {
+		t.Errorf("np-second must keep its cluster IP and lose only its node port: %+v", second0)
+	}
+	conflicts := 0
+	for _, p := range problems {
+		if p.NodePortConflict {
+			conflicts++
+		}
+	}
+	if conflicts != 1 {
+		t.Errorf("%d problems flagged as node-port conflicts, want 1", conflicts)
 	}
 	if sp := snap.Lookup(proxier.ServicePortName{Namespace: "default", Name: "good", Port: "http", Protocol: proxier.TCP}); sp == nil || ips(sp.ClusterEndpoints) != R1 {
 		t.Errorf("good service endpoints wrong: %+v", sp)
@@ -395,4 +465,69 @@ func TestHostPorts(t *testing.T) {
 
 func itoa(p uint16) string {
 	return netip.AddrPortFrom(netip.IPv4Unspecified(), p).String()[len("0.0.0.0:"):]
+}
+
+// A duplicate endpoint (the same ip:port in two slices, e.g. a terminating
+// pod whose IP a new pod reuses) is kept once, and the non-terminating copy
+// wins whatever the slice order, as upstream.
+func TestDuplicatePrefersNonTerminatingCopy(t *testing.T) {
+	old := slice("web", "web-a", ep("10.244.2.1", terminatingServing))
+	cur := slice("web", "web-b", ep("10.244.2.1", notReady))
+	for _, order := range [][]*discoveryv1.EndpointSlice{{old, cur}, {cur, old}} {
+		snap, _ := planOne(t, Objects{Services: []*corev1.Service{svc("web")}, Slices: order}, testConfig())
+		all := snap.Services[0].AllEndpoints
+		if len(all) != 1 || all[0].Terminating || all[0].Ready {
+			t.Errorf("slices %s,%s: kept %+v, want the non-terminating (not ready) copy", order[0].Name, order[1].Name, all)
+		}
+	}
+}
+
+// An unknown IPVS scheduler annotation is a problem of that service only:
+// the default scheduler is used and every other service is planned.
+func TestUnknownSchedulerAnnotation(t *testing.T) {
+	bad := svc("bad", clusterIPs("10.96.0.21"), func(s *corev1.Service) {
+		s.Annotations = map[string]string{AnnotationIPVSScheduler: "roundrobin"}
+	})
+	good := svc("good", clusterIPs("10.96.0.22"), func(s *corev1.Service) {
+		s.Annotations = map[string]string{AnnotationIPVSScheduler: "sh"}
+	})
+	snap, problems := planOne(t, Objects{Services: []*corev1.Service{bad, good}}, testConfig())
+	if len(snap.Services) != 2 {
+		t.Fatalf("want both services planned, got %d", len(snap.Services))
+	}
+	if snap.Services[0].Scheduler != "" || snap.Services[1].Scheduler != "sh" {
+		t.Errorf("schedulers %q %q, want \"\" and \"sh\"", snap.Services[0].Scheduler, snap.Services[1].Scheduler)
+	}
+	if len(problems) != 1 || problems[0].Object != "default/bad" || !strings.Contains(problems[0].Reason, `unknown IPVS scheduler "roundrobin"`) {
+		t.Errorf("problems %v", problems)
+	}
+}
+
+// Cluster IPs the API server would never allocate are rejected (standalone
+// mode has no API server to do it).
+func TestUnusableClusterIPsRejected(t *testing.T) {
+	var services []*corev1.Service
+	bad := []string{"127.0.0.1", "0.0.0.0", "169.254.1.1", "224.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "ff02::1"}
+	for i, ip := range bad {
+		services = append(services, svc(fmt.Sprintf("bad%d", i), clusterIPs(ip)))
+	}
+	services = append(services, svc("good", clusterIPs("10.96.0.30")))
+	cfg := testConfig()
+	cfg.Families = []proxier.IPFamily{proxier.IPv4, proxier.IPv6}
+	snaps, problems := Plan(Objects{Services: services}, cfg)
+	n := 0
+	for _, s := range snaps {
+		n += len(s.Services)
+	}
+	if n != 1 || snaps[0].Services[0].Name.Name != "good" {
+		t.Errorf("planned %d ports, want only default/good", n)
+	}
+	if len(problems) != len(bad) {
+		t.Errorf("%d problems, want %d: %v", len(problems), len(bad), problems)
+	}
+	for _, p := range problems {
+		if !strings.Contains(p.Reason, "cannot be a service address; service skipped") {
+			t.Errorf("problem %v", p)
+		}
+	}
 }

@@ -87,6 +87,12 @@ func PlanService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, cfg *
 	if !ok {
 		return p
 	}
+	scheduler := svc.Annotations[AnnotationIPVSScheduler]
+	if scheduler != "" && !proxier.ValidIPVSScheduler(scheduler) {
+		p.problem("annotation %s: unknown IPVS scheduler %q (want one of %s); the node's default scheduler is used",
+			AnnotationIPVSScheduler, scheduler, strings.Join(proxier.IPVSSchedulers, ", "))
+		scheduler = ""
+	}
 	externalIPs := p.parseIPs(spec.ExternalIPs, "spec.externalIPs")
 	var lbIPs []netip.Addr
 	if spec.Type == corev1.ServiceTypeLoadBalancer {
@@ -162,13 +168,13 @@ func PlanService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, cfg *
 				ExternalPolicyLocal: extLocal,
 				InternalPolicyLocal: intLocal,
 				Affinity:            affinity,
-				Scheduler:           svc.Annotations[AnnotationIPVSScheduler],
+				Scheduler:           scheduler,
 			}
 			if len(sp.LoadBalancerIPs) > 0 {
 				sp.LoadBalancerSourceRanges = filterPrefixes(ranges, fam)
 			}
 			eps := endpointsByFamily[fam].forPort(port.Name, proto)
-			categorize(sp, eps, &cfg.Node)
+			ResolveEndpoints(sp, eps, &cfg.Node)
 			p.Ports = append(p.Ports, sp)
 		}
 	}
@@ -199,6 +205,10 @@ func (p *ServicePlan) clusterIPs(spec *corev1.ServiceSpec) ([]netip.Addr, bool) 
 			return nil, false
 		}
 		ip = ip.Unmap()
+		if why := unusableClusterIP(ip); why != "" {
+			p.problem("cluster IP %s is %s and cannot be a service address; service skipped", ip, why)
+			return nil, false
+		}
 		for _, prev := range out {
 			if proxier.FamilyOf(prev) == proxier.FamilyOf(ip) {
 				p.problem("spec.clusterIPs has two %s addresses; service skipped", proxier.FamilyOf(ip))
@@ -212,6 +222,24 @@ func (p *ServicePlan) clusterIPs(spec *corev1.ServiceSpec) ([]netip.Addr, bool) 
 		return nil, false
 	}
 	return out, true
+}
+
+// unusableClusterIP says why ip cannot be a cluster IP (the API server's
+// own rule, checked again for standalone mode), or "" when it can.
+func unusableClusterIP(ip netip.Addr) string {
+	switch {
+	case ip.IsUnspecified():
+		return "unspecified"
+	case ip.IsLoopback():
+		return "a loopback address"
+	case ip.IsLinkLocalUnicast():
+		return "link-local"
+	case ip.IsMulticast():
+		return "multicast"
+	case ip.Is4() && ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address"
+	}
+	return ""
 }
 
 func (p *ServicePlan) affinity(spec *corev1.ServiceSpec) (proxier.SessionAffinity, bool) {

@@ -418,31 +418,17 @@ func markChanged(changed map[proxier.IPFamily]map[proxier.ServicePortName]bool, 
 	}
 }
 
-// rejectedPorts lists the planned ports that Assemble left out of the
-// snapshots (node-port conflicts).
-func rejectedPorts(plans []*planner.ServicePlan, snaps []*proxier.Snapshot) map[portID]bool {
-	in := 0
-	for _, snap := range snaps {
-		in += len(snap.Services)
-	}
-	total := 0
-	for _, p := range plans {
-		total += len(p.Ports)
-	}
-	if in == total {
-		return nil
-	}
-	kept := make(map[*proxier.ServicePort]bool, in)
+// rejectedPorts lists the ports that Assemble planned without their node
+// port (node-port conflicts).
+func rejectedPorts(_ []*planner.ServicePlan, snaps []*proxier.Snapshot) map[portID]bool {
+	var out map[portID]bool
 	for _, snap := range snaps {
 		for _, sp := range snap.Services {
-			kept[sp] = true
-		}
-	}
-	out := map[portID]bool{}
-	for _, p := range plans {
-		for _, sp := range p.Ports {
-			if !kept[sp] {
-				out[portID{proxier.FamilyOf(sp.ClusterIP), sp.Name}] = true
+			if sp.NodePortConflict != "" {
+				if out == nil {
+					out = map[portID]bool{}
+				}
+				out[portID{snap.Family, sp.Name}] = true
 			}
 		}
 	}

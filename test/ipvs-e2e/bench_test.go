@@ -21,6 +21,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/iptables"
 	"github.com/switchyard-proxy/switchyard/ipvs"
 	"github.com/switchyard-proxy/switchyard/proxier"
+	"github.com/switchyard-proxy/switchyard/proxier/planner"
 )
 
 // benchServices is the service count of BenchmarkIPVSSync
@@ -47,18 +48,15 @@ func bigSnapshot(n, m int) *proxier.Snapshot {
 			eps = append(eps, proxier.Endpoint{Addr: a, Ready: true, Serving: true, Local: j == 0})
 		}
 		sp := &proxier.ServicePort{
-			Name:             proxier.ServicePortName{Namespace: fmt.Sprintf("ns%d", i%100), Name: fmt.Sprintf("svc%05d", i), Port: "http", Protocol: proxier.TCP},
-			Protocol:         proxier.TCP,
-			ClusterIP:        netip.AddrFrom4([4]byte{10, byte(96 + i>>16), byte(i >> 8), byte(i)}),
-			Port:             80,
-			ClusterEndpoints: eps,
-			AllEndpoints:     eps,
-			LocalEndpoints:   eps[:1],
-			HasAnyEndpoints:  true,
+			Name:      proxier.ServicePortName{Namespace: fmt.Sprintf("ns%d", i%100), Name: fmt.Sprintf("svc%05d", i), Port: "http", Protocol: proxier.TCP},
+			Protocol:  proxier.TCP,
+			ClusterIP: netip.AddrFrom4([4]byte{10, byte(96 + i>>16), byte(i >> 8), byte(i)}),
+			Port:      80,
 		}
 		if i%10 == 0 {
 			sp.NodePort = uint16(30000 + i/10%2700)
 		}
+		planner.ResolveEndpoints(sp, eps, &planner.NodeInfo{Name: "node-a"})
 		services = append(services, sp)
 	}
 	slices.SortFunc(services, func(a, b *proxier.ServicePort) int {
@@ -84,10 +82,10 @@ func withOneEndpointChange(s *proxier.Snapshot, i, k int) *proxier.Snapshot {
 	c := *s
 	c.Services = slices.Clone(s.Services)
 	sp := *c.Services[i]
-	sp.ClusterEndpoints = slices.Clone(sp.ClusterEndpoints)
-	sp.ClusterEndpoints[0].Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 250, byte(k >> 8), byte(k)}), 8080)
-	sp.AllEndpoints = sp.ClusterEndpoints
-	sp.LocalEndpoints = sp.ClusterEndpoints[:1]
+	all := slices.Clone(sp.AllEndpoints)
+	all[0].Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 250, byte(k >> 8), byte(k)}), 8080)
+	slices.SortFunc(all, func(a, b proxier.Endpoint) int { return a.Addr.Compare(b.Addr) })
+	planner.ResolveEndpoints(&sp, all, &planner.NodeInfo{Name: "node-a"})
 	c.Services[i] = &sp
 	c.FullSync = false
 	c.Changed = map[proxier.ServicePortName]bool{sp.Name: true}

@@ -127,6 +127,8 @@ type (
 		Scheduler                string         `yaml:"ipvsScheduler,omitempty"`
 		InternalEndpoints        []string       `yaml:"internalEndpoints"`
 		ExternalEndpoints        []string       `yaml:"externalEndpoints,omitempty"`
+		ShortCircuitEndpoints    []string       `yaml:"podAndNodeToExternalEndpoints,omitempty"`
+		NodePortConflict         string         `yaml:"nodePortLostTo,omitempty"`
 		AllEndpoints             []string       `yaml:"allEndpoints,omitempty"`
 		NoEndpoints              string         `yaml:"noEndpoints,omitempty"`
 	}
@@ -142,9 +144,11 @@ func endpointList(eps []proxier.Endpoint) []string {
 
 func describeEndpoint(e proxier.Endpoint) string {
 	var flags []string
+	// Serving matters only for terminating endpoints (upstream defaults a
+	// missing serving condition to true).
 	if e.Ready {
 		flags = append(flags, "ready")
-	} else if e.Serving {
+	} else if e.Serving && e.Terminating {
 		flags = append(flags, "serving")
 	} else {
 		flags = append(flags, "not-ready")
@@ -215,11 +219,16 @@ func writePlan(w io.Writer, snaps []*proxier.Snapshot, problems []planner.Proble
 			if sp.ExternallyAccessible() {
 				pv.ExternalEndpoints = endpointList(sp.ExternalEndpoints())
 			}
+			pv.ShortCircuitEndpoints = endpointList(sp.ShortCircuitEndpoints())
+			pv.NodePortConflict = sp.NodePortConflict
 			for _, e := range sp.AllEndpoints {
 				pv.AllEndpoints = append(pv.AllEndpoints, describeEndpoint(e))
 			}
-			if !sp.HasAnyEndpoints {
+			switch {
+			case !sp.HasAnyEndpoints:
 				pv.NoEndpoints = "connections are rejected"
+			case sp.Internal == proxier.NoEndpoints || (sp.ExternallyAccessible() && sp.External == proxier.NoEndpoints):
+				pv.NoEndpoints = "traffic with no local endpoint to serve it is dropped"
 			}
 			sv.Services = append(sv.Services, pv)
 		}
