@@ -86,7 +86,7 @@ type Tracker struct {
 	sorted    []*planner.ServicePlan // plans by namespace/name
 	orphans   map[string][]planner.Problem
 	unlabeled map[string]planner.Problem
-	rejected  map[portID]bool
+	rejected  map[portID]string
 	hostPorts map[proxier.IPFamily][]proxier.HostPort
 	hostProbs []planner.Problem
 	logged    map[string]bool
@@ -311,16 +311,16 @@ func (t *Tracker) Plan(full bool) Result {
 	}
 
 	snaps, problems := planner.Assemble(t.sorted, &t.cfg)
-	// A port rejected for a node-port conflict that is now accepted (or
-	// the other way round) changed too.
-	rejected := rejectedPorts(t.sorted, snaps)
-	for id := range rejected {
-		if !t.rejected[id] && changed[id.fam] != nil {
+	// A port that lost its node port to another service and now has it
+	// back, lost it now, or lost it to another winner, changed too.
+	rejected := rejectedPorts(snaps)
+	for id, winner := range rejected {
+		if t.rejected[id] != winner && changed[id.fam] != nil {
 			changed[id.fam][id.name] = true
 		}
 	}
 	for id := range t.rejected {
-		if !rejected[id] && changed[id.fam] != nil {
+		if _, still := rejected[id]; !still && changed[id.fam] != nil {
 			changed[id.fam][id.name] = true
 		}
 	}
@@ -419,16 +419,16 @@ func markChanged(changed map[proxier.IPFamily]map[proxier.ServicePortName]bool, 
 }
 
 // rejectedPorts lists the ports that Assemble planned without their node
-// port (node-port conflicts).
-func rejectedPorts(_ []*planner.ServicePlan, snaps []*proxier.Snapshot) map[portID]bool {
-	var out map[portID]bool
+// port (node-port conflicts), with the service that holds it.
+func rejectedPorts(snaps []*proxier.Snapshot) map[portID]string {
+	var out map[portID]string
 	for _, snap := range snaps {
 		for _, sp := range snap.Services {
 			if sp.NodePortConflict != "" {
 				if out == nil {
-					out = map[portID]bool{}
+					out = map[portID]string{}
 				}
-				out[portID{snap.Family, sp.Name}] = true
+				out[portID{snap.Family, sp.Name}] = sp.NodePortConflict
 			}
 		}
 	}
