@@ -3,6 +3,7 @@ package conformance
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -47,7 +48,10 @@ func switchyardBinary(t testing.TB) string {
 		if _, err := exec.LookPath("go"); err != nil {
 			goTool = "/usr/local/go/bin/go"
 		}
-		dir := filepath.Join(os.TempDir(), "swy-conformance-build")
+		// One folder per checkout: several checkouts (git worktrees) may
+		// run this suite at once, each with its own code.
+		wd, _ := os.Getwd()
+		dir := filepath.Join(os.TempDir(), fmt.Sprintf("swy-conformance-build-%08x", crc32.ChecksumIEEE([]byte(wd))))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			switchyardBuild.err = err
 			return

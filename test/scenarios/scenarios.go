@@ -125,6 +125,10 @@ type Scenario struct {
 	// Features lists the features of issue 3 this scenario covers.
 	Features []Feature
 	Packets  []Packet
+	// Problems are substrings of the problems the planner must report for
+	// the fixture (bad input next to good services); any other problem is
+	// a failure.
+	Problems []string
 }
 
 // Feature is a proxy feature a scenario covers.
@@ -132,22 +136,26 @@ type Feature string
 
 // The features the table must cover.
 const (
-	FeatClusterIPTCP     Feature = "clusterip-tcp"
-	FeatClusterIPUDP     Feature = "clusterip-udp"
-	FeatClusterIPSCTP    Feature = "clusterip-sctp"
-	FeatNodePortCluster  Feature = "nodeport-etp-cluster"
-	FeatNodePortLocal    Feature = "nodeport-etp-local"
-	FeatExternalIPs      Feature = "external-ips"
-	FeatLoadBalancer     Feature = "loadbalancer-source-ranges"
-	FeatAffinity         Feature = "session-affinity"
-	FeatInternalLocal    Feature = "itp-local"
-	FeatNoEndpoints      Feature = "no-endpoints-reject"
-	FeatNotReady         Feature = "not-ready-excluded"
-	FeatTerminating      Feature = "terminating-fallback"
-	FeatHairpin          Feature = "hairpin"
-	FeatMasqClusterCIDR  Feature = "masquerade-off-cluster"
-	FeatMasqueradeAll    Feature = "masquerade-all"
-	FeatNoMasqueradeCIDR Feature = "no-cluster-cidr"
+	FeatClusterIPTCP      Feature = "clusterip-tcp"
+	FeatClusterIPUDP      Feature = "clusterip-udp"
+	FeatClusterIPSCTP     Feature = "clusterip-sctp"
+	FeatNodePortCluster   Feature = "nodeport-etp-cluster"
+	FeatNodePortLocal     Feature = "nodeport-etp-local"
+	FeatExternalIPs       Feature = "external-ips"
+	FeatLoadBalancer      Feature = "loadbalancer-source-ranges"
+	FeatAffinity          Feature = "session-affinity"
+	FeatInternalLocal     Feature = "itp-local"
+	FeatNoEndpoints       Feature = "no-endpoints-reject"
+	FeatNotReady          Feature = "not-ready-excluded"
+	FeatTerminating       Feature = "terminating-fallback"
+	FeatHairpin           Feature = "hairpin"
+	FeatMasqClusterCIDR   Feature = "masquerade-off-cluster"
+	FeatMasqueradeAll     Feature = "masquerade-all"
+	FeatNoMasqueradeCIDR  Feature = "no-cluster-cidr"
+	FeatBothPoliciesLocal Feature = "itp-and-etp-local"
+	FeatTopologyZone      Feature = "topology-prefer-close"
+	FeatTopologyNode      Feature = "topology-prefer-same-node"
+	FeatBadInput          Feature = "bad-input-next-to-good"
 )
 
 // AllFeatures lists every Feature; the table covers each one.
@@ -155,6 +163,7 @@ var AllFeatures = []Feature{
 	FeatClusterIPTCP, FeatClusterIPUDP, FeatClusterIPSCTP, FeatNodePortCluster, FeatNodePortLocal,
 	FeatExternalIPs, FeatLoadBalancer, FeatAffinity, FeatInternalLocal, FeatNoEndpoints, FeatNotReady,
 	FeatTerminating, FeatHairpin, FeatMasqClusterCIDR, FeatMasqueradeAll, FeatNoMasqueradeCIDR,
+	FeatBothPoliciesLocal, FeatTopologyZone, FeatTopologyNode, FeatBadInput,
 }
 
 // Source returns the packet's source address, given the scenario's pods.

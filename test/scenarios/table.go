@@ -175,5 +175,39 @@ func All() []Scenario {
 				{Name: "another pod is not masqueraded", Origin: FromPod, Proto: proxier.TCP, Dst: ap("10.96.9.1:80"), Expect: reach(false, "10.244.0.2:8080")},
 			},
 		},
+		{
+			Name: "itp-and-etp-local", Fixture: "itp-etp-local.yaml", Node: Topology.NodeName, Config: withCIDR,
+			Features: []Feature{FeatBothPoliciesLocal},
+			Packets: []Packet{
+				{Name: "outside to node port: local endpoint only, source kept", Origin: FromOutside, Proto: proxier.TCP, Dst: nodePort(30131), Expect: reach(false, "10.244.0.2:8080")},
+				{Name: "pod to cluster IP: local endpoint only", Origin: FromPod, Proto: proxier.TCP, Dst: ap("10.96.13.1:80"), Expect: reach(false, "10.244.0.2:8080")},
+				{Name: "outside to cluster IP: local endpoint, masqueraded", Origin: FromOutside, Proto: proxier.TCP, Dst: ap("10.96.13.1:80"), Expect: reach(true, "10.244.0.2:8080")},
+				{Name: "pod to node port: short-circuit to the cluster endpoints", Origin: FromPod, Proto: proxier.TCP, Dst: nodePort(30131), Expect: reach(false, "10.244.0.2:8080", "10.244.1.2:8080")},
+				{Name: "node to its node port: cluster endpoints, masqueraded", Origin: FromNode, Proto: proxier.TCP, Dst: nodePort(30131), Expect: reach(true, "10.244.0.2:8080", "10.244.1.2:8080")},
+				{Name: "remote-only: outside to node port dropped", Origin: FromOutside, Proto: proxier.TCP, Dst: nodePort(30132), Expect: dropped},
+				{Name: "remote-only: pod to cluster IP dropped", Origin: FromPod, Proto: proxier.TCP, Dst: ap("10.96.13.2:80"), Expect: dropped},
+				{Name: "remote-only: pod to node port reaches the remote endpoint", Origin: FromPod, Proto: proxier.TCP, Dst: nodePort(30132), Expect: reach(false, "10.244.1.3:8080")},
+				{Name: "remote-only: node to node port reaches the remote endpoint", Origin: FromNode, Proto: proxier.TCP, Dst: nodePort(30132), Expect: reach(true, "10.244.1.3:8080")},
+			},
+		},
+		{
+			Name: "topology-hints", Fixture: "topology.yaml", Node: Topology.NodeName, Config: withCIDR,
+			Features: []Feature{FeatTopologyZone, FeatTopologyNode},
+			Packets: []Packet{
+				{Name: "PreferClose: pod to cluster IP reaches this zone's endpoints", Origin: FromPod, Proto: proxier.TCP, Dst: ap("10.96.14.1:80"), Expect: reach(false, "10.244.0.2:8080", "10.244.1.2:8080")},
+				{Name: "PreferClose: outside to node port, same zone", Origin: FromOutside, Proto: proxier.TCP, Dst: nodePort(30141), Expect: reach(true, "10.244.0.2:8080", "10.244.1.2:8080")},
+				{Name: "PreferSameNode: this node's endpoint only", Origin: FromPod, Proto: proxier.TCP, Dst: ap("10.96.14.2:80"), Expect: reach(false, "10.244.0.3:8080")},
+			},
+		},
+		{
+			Name: "bad-input-next-to-good", Fixture: "bad-input.yaml", Node: Topology.NodeName, Config: withCIDR,
+			Features: []Feature{FeatBadInput},
+			Problems: []string{`unknown IPVS scheduler "no-such-scheduler"`, `nodePort 30151/TCP of port "p" is already used by service default/np-older`},
+			Packets: []Packet{
+				{Name: "unknown scheduler annotation: served with the default", Origin: FromPod, Proto: proxier.TCP, Dst: ap("10.96.15.1:80"), Expect: reach(false, "10.244.0.2:8080")},
+				{Name: "node port held by the older service", Origin: FromOutside, Proto: proxier.TCP, Dst: nodePort(30151), Expect: reach(true, "10.244.0.3:8080")},
+				{Name: "the younger service keeps its cluster IP", Origin: FromPod, Proto: proxier.TCP, Dst: ap("10.96.15.3:80"), Expect: reach(false, "10.244.1.2:8080")},
+			},
+		},
 	}
 }
