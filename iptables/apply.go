@@ -117,6 +117,12 @@ func saveTable(ctx context.Context, ex Executor, t tools, table string) (*savedT
 	return parseSave(out), nil
 }
 
+// otherModePrefix starts the chains of switchyard's IPVS mode: they share
+// the SWY- prefix but belong to that mode (its Cleanup removes them, and a
+// node switching modes runs it), so this mode never lists, deletes or
+// unhooks them.
+const otherModePrefix = "SWY-IPVS-"
+
 func parseSave(out []byte) *savedTable {
 	st := &savedTable{rules: map[string]int{}}
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -124,13 +130,15 @@ func parseSave(out []byte) *savedTable {
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
+		case strings.HasPrefix(line, ":"+otherModePrefix):
 		case strings.HasPrefix(line, ":"+ChainPrefix):
 			name, _, _ := strings.Cut(line[1:], " ")
 			st.own = append(st.own, name)
 		case strings.HasPrefix(line, "-A ") && !strings.HasPrefix(line, "-A "+ChainPrefix):
 			name, _, _ := strings.Cut(line[3:], " ")
 			st.rules[name]++
-			if strings.Contains(line, " -j "+ChainPrefix) || strings.Contains(line, " -g "+ChainPrefix) {
+			if (strings.Contains(line, " -j "+ChainPrefix) || strings.Contains(line, " -g "+ChainPrefix)) &&
+				!strings.Contains(line, " -j "+otherModePrefix) && !strings.Contains(line, " -g "+otherModePrefix) {
 				st.foreignJumps = append(st.foreignJumps, line)
 			}
 		}
