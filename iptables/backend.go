@@ -54,6 +54,8 @@ type Backend struct {
 	mu    sync.Mutex
 	mode  Mode // resolved flavour; "" until first needed
 	state map[proxier.IPFamily]*familyState
+	// routeLocalnetSet records that route_localnet is 1 (see localnet.go).
+	routeLocalnetSet bool
 }
 
 var (
@@ -151,6 +153,7 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 	if err != nil {
 		return res, err
 	}
+	b.ensureRouteLocalnet(ctx, snaps)
 	var errs []error
 	for _, s := range snaps {
 		t := toolsFor(mode, s.Family)

@@ -90,7 +90,7 @@ func newRenderer(snap *proxier.Snapshot) (*renderer, error) {
 // globalsKey fingerprints the snapshot-wide settings that every service's
 // rules depend on; when it changes, a partial sync is not enough.
 func globalsKey(s *proxier.Snapshot) string {
-	return fmt.Sprintf("%v|%v|%v|%v", s.Masquerade, s.NodePortAddresses, s.NodeIPs, s.Family)
+	return fmt.Sprintf("%v|%v|%v|%v|%v", s.Masquerade, s.NodePortAddresses, s.NodeIPs, s.Family, s.LocalhostNodePorts)
 }
 
 // sortedEndpoints returns eps sorted by address (a copy).
@@ -350,7 +350,7 @@ func (r *renderer) nodePortDestinations() []string {
 	}
 	var out []string
 	for _, a := range npa.Addrs {
-		if a.IsLoopback() {
+		if a.IsLoopback() && !r.snap.LocalhostNodePorts {
 			continue
 		}
 		out = append(out, "-d "+a.String())
@@ -383,7 +383,19 @@ func (r *renderer) fixedChains(services []*serviceRules) []chain {
 	// filter
 	add(tableFilter, chainCanary, &ruleBuf{})
 	add(tableFilter, chainExternalServices, assemble(dFilterExternal))
-	add(tableFilter, chainFirewall, assemble(dFilterFirewall))
+	fw := assemble(dFilterFirewall)
+	if r.snap.LocalhostNodePorts {
+		// route_localnet (set for localhost node ports) would let packets
+		// from other hosts reach 127.0.0.0/8 services: drop what was not
+		// DNATed (kubernetes#90259), as upstream and kubelet do.
+		var b ruleBuf
+		b.add(chainFirewall, comment("block incoming localnet connections"), "-d 127.0.0.0/8", "! -s 127.0.0.0/8",
+			"-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT", "-j DROP")
+		b.b.WriteString(fw.b.String())
+		b.n += fw.n
+		fw = &b
+	}
+	add(tableFilter, chainFirewall, fw)
 	var fwd ruleBuf
 	fwd.add(chainForward, "-m conntrack --ctstate INVALID", "-j DROP")
 	fwd.add(chainForward, "-m mark --mark "+mark+"/"+mark, comment("switchyard forwarding rules"), "-j ACCEPT")
@@ -414,6 +426,9 @@ func (r *renderer) fixedChains(services []*serviceRules) []chain {
 	svcs := assemble(dNATServices)
 	tail := comment("switchyard service nodeports; NOTE: this must be the last rule in this chain")
 	if r.snap.NodePortAddresses.All {
+		if r.snap.LocalhostNodePorts {
+			loopback = ""
+		}
 		svcs.add(chainServices, loopback, "-m addrtype --dst-type LOCAL", tail, "-j "+chainNodePorts)
 	} else {
 		for _, dst := range r.nodePortDestinations() {

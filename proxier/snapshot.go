@@ -329,6 +329,11 @@ type Snapshot struct {
 	NodeIPs []netip.Addr
 	// NodePortAddresses says where node ports answer.
 	NodePortAddresses NodePortAddresses
+	// LocalhostNodePorts is true when node ports also answer on 127.0.0.0/8
+	// from the node itself (upstream's iptables.localhostNodePorts: IPv4
+	// only, and only when the node-port addresses include loopback). Only
+	// the iptables mode implements it, as upstream.
+	LocalhostNodePorts bool
 	// Masquerade is the masquerading policy.
 	Masquerade MasqueradeConfig
 	// Services lists every service port of this family, sorted by name.

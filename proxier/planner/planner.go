@@ -58,6 +58,9 @@ type Config struct {
 	MasqueradeBit int
 	// NodePortMin and NodePortMax bound valid node ports (default 30000-32767).
 	NodePortMin, NodePortMax uint16
+	// LocalhostNodePorts lets node ports answer on 127.0.0.0/8 from the
+	// node (--iptables-localhost-nodeports, upstream's default true).
+	LocalhostNodePorts bool
 }
 
 // Defaults fills unset fields with kube-proxy's defaults.
@@ -192,6 +195,7 @@ func Assemble(plans []*ServicePlan, cfg *Config) ([]*proxier.Snapshot, []Problem
 		if cfg.Node.NodePortAddresses == nil {
 			snap.NodePortAddresses.All = true
 		}
+		snap.LocalhostNodePorts = cfg.LocalhostNodePorts && fam == proxier.IPv4 && includesLoopback(snap.NodePortAddresses)
 		if len(cfg.Families) == 1 {
 			snap.Services = make([]*proxier.ServicePort, 0, total)
 		}
@@ -272,6 +276,20 @@ func nodePortConflicts(plans []*ServicePlan) (map[*proxier.ServicePort]string, [
 		}
 	}
 	return rejected, problems
+}
+
+// includesLoopback reports whether node ports answer on an IPv4 loopback
+// address (upstream's NodePortAddresses.ContainsIPv4Loopback).
+func includesLoopback(npa proxier.NodePortAddresses) bool {
+	if npa.All {
+		return true
+	}
+	for _, a := range npa.Addrs {
+		if a.Is4() && a.IsLoopback() {
+			return true
+		}
+	}
+	return false
 }
 
 func filterAddrs(addrs []netip.Addr, fam proxier.IPFamily) []netip.Addr {
