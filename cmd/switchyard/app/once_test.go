@@ -32,7 +32,10 @@ func (f *fakeBackend) Cleanup(context.Context) error { return nil }
 func useBackend(t *testing.T, b proxier.Backend) {
 	old := backendFactory
 	backendFactory = func(*Options, *slog.Logger) (proxier.Backend, error) { return b, nil }
-	t.Cleanup(func() { backendFactory = old })
+	// In-process runs must never change the host's sysctls.
+	oldSetup := nodeSetup
+	nodeSetup = func(*Options, *slog.Logger) error { return nil }
+	t.Cleanup(func() { backendFactory, nodeSetup = old, oldSetup })
 }
 
 func TestOnceExitCodes(t *testing.T) {
