@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	logsapi "k8s.io/component-base/logs/api/v1"
 	jsonlogs "k8s.io/component-base/logs/json"
+	_ "k8s.io/component-base/logs/json/register" // --logging-format=json, as kube-proxy
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/textlogger"
 )

@@ -330,6 +330,9 @@ func (o *Options) loadConfigFile(path string, explicit map[string]bool) ([]strin
 		if supportedConfigFields[field] || strings.Contains(strings.Join(strictText, "\n"), `"`+field+`"`) {
 			continue
 		}
+		if field == "configSyncPeriod" && cfg.ConfigSyncPeriod.Duration == 15*time.Minute {
+			continue // kube-proxy's default, written out by most installers
+		}
 		if reason, ok := noEffectFlags[configFieldFlag[field]]; ok {
 			warnings = append(warnings, fmt.Sprintf("config field %q has no effect in switchyard: %s", field, reason))
 			continue
