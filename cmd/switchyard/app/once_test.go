@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -77,7 +78,7 @@ func TestOnceProgramsARealNamespace(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
-	ns := "swy-app-" + strings.ReplaceAll(t.Name()[len(t.Name())-6:], "/", "")
+	ns := fmt.Sprintf("swy-app-once-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}

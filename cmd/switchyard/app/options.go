@@ -591,7 +591,7 @@ func setFields(prefix string, m map[string]any) []string {
 		default:
 			// Zero values (as kubeadm writes for every default) are not
 			// settings worth a warning.
-			if val != "" && val != false && val != float64(0) && val != "0s" {
+			if val != "" && val != false && val != float64(0) && val != "0s" && val != "0" {
 				out = append(out, path)
 			}
 		}
