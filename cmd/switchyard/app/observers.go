@@ -48,7 +48,11 @@ func newObservers(ctx context.Context, o *Options, log *slog.Logger, serve bool)
 	}
 	// Like kube-proxy: unhealthy when a queued update waits longer than
 	// twice the sync period.
-	obs.health = healthz.New(2*o.SyncPeriod, healthz.WithProbeRecorder(obs.metrics))
+	obs.health = healthz.New(2*o.SyncPeriod, healthz.WithProbeRecorder(obs.metrics),
+		healthz.WithFamilies(proxier.IPv4.String(), proxier.IPv6.String()))
+	obs.metrics.SetBuildInfo(Version)
+	// /configz: the effective configuration, as kube-proxy's.
+	obs.metrics.SetConfigz("kubeproxy.config.k8s.io", o.kubeProxyConfiguration())
 	if !serve {
 		return obs
 	}
