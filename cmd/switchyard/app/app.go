@@ -125,6 +125,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		warnings = w
 	}
 	o.applyKubeProxyFlags(explicit)
+	if !explicit["log-level"] && o.Logging.Verbosity >= 4 {
+		// kube-proxy's -v=4 and up shows debug records.
+		o.LogLevel = "debug"
+	}
 	log, flush, err := newLogger(o.Logging, o.LogLevel, stderr)
 	if err != nil {
 		return usageError{err}

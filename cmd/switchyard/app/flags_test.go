@@ -1,6 +1,8 @@
 package app
 
 import (
+	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -165,5 +167,31 @@ func TestLogFormats(t *testing.T) {
 	_, _, stderr = runMain(t, "--config", cfg, "--logging-format=json", "--write-config-to", filepath.Join(dir, "o.yaml"))
 	if !strings.Contains(stderr, `"msg":"config field`) {
 		t.Errorf("no JSON log line in %q", stderr)
+	}
+}
+
+func TestLogLevelFiltersAndRaisesVerbosity(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "o.yaml")
+	_, _, stderr := runMain(t, "--log-level=warn", "--profiling", "--write-config-to", out)
+	if strings.Contains(stderr, "\nI") || strings.HasPrefix(stderr, "I") || !strings.Contains(stderr, "W") {
+		t.Errorf("--log-level=warn: %q", stderr)
+	}
+	log, _, err := newLogger(newLoggingConfiguration(), "debug", &syncBuffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !log.Enabled(context.Background(), slog.LevelDebug) {
+		t.Errorf("--log-level=debug does not enable debug records")
+	}
+	log, _, _ = newLogger(newLoggingConfiguration(), "info", &syncBuffer{})
+	if log.Enabled(context.Background(), slog.LevelDebug) {
+		t.Errorf("debug records enabled at -v=0 and --log-level=info")
+	}
+	c := newLoggingConfiguration()
+	c.Verbosity = 4
+	log, _, _ = newLogger(c, "info", &syncBuffer{})
+	if log.Enabled(context.Background(), slog.LevelDebug) {
+		t.Errorf("an explicit --log-level=info must filter debug records even at -v=4")
 	}
 }
