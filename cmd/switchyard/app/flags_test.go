@@ -195,3 +195,42 @@ func TestLogLevelFiltersAndRaisesVerbosity(t *testing.T) {
 		t.Errorf("an explicit --log-level=info must filter debug records even at -v=4")
 	}
 }
+
+// kubeadm's generated config.conf (testdata/installers) leaves
+// healthzBindAddress and metricsBindAddress empty and most fields null or
+// zero: kube-proxy's defaults must apply, without warnings.
+func TestKubeadmConfigConf(t *testing.T) {
+	o := defaultOptions()
+	warnings, err := o.loadConfigFile(filepath.Join("testdata", "installers", "kubeadm-config.conf"), map[string]bool{"hostname-override": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) != 0 {
+		t.Errorf("warnings on kubeadm's own config: %q", warnings)
+	}
+	if o.HealthzBindAddress != "0.0.0.0:10256" || o.MetricsBindAddress != "127.0.0.1:10249" {
+		t.Errorf("servers %q %q", o.HealthzBindAddress, o.MetricsBindAddress)
+	}
+	if o.ClusterCIDR != "10.244.0.0/16" || o.Kubeconfig != "/var/lib/kube-proxy/kubeconfig.conf" || o.ProxyMode != ModeIPTables ||
+		o.SyncPeriod != 30*time.Second || o.MinSyncPeriod != time.Second || o.MasqueradeBit != 14 || !o.LocalhostNodePorts ||
+		o.Conntrack.MaxPerCore != 32768 || o.Conntrack.Min != 131072 || o.Conntrack.TCPEstablishedTimeout != 24*time.Hour ||
+		o.OOMScoreAdj != -999 || o.KubeAPIQPS != 5 || o.KubeAPIBurst != 10 {
+		t.Errorf("kubeadm config did not get kube-proxy's defaults: %+v", o)
+	}
+	if _, err := o.validate(); err != nil {
+		t.Errorf("validate: %v", err)
+	}
+	// nodePortAddresses keywords in the file.
+	dir := t.TempDir()
+	cfg := writeFile(t, dir, "np.yaml", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nnodePortAddresses: [all]\nhealthzBindAddress: \"::\"\nbindAddress: \"::\"\n")
+	o = defaultOptions()
+	if _, err := o.loadConfigFile(cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.validate(); err != nil {
+		t.Errorf("nodePortAddresses [all]: %v", err)
+	}
+	if o.HealthzBindAddress != "[::]:10256" || o.MetricsBindAddress != "[::1]:10249" {
+		t.Errorf("IPv6 defaults %q %q", o.HealthzBindAddress, o.MetricsBindAddress)
+	}
+}
