@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -106,5 +108,69 @@ func TestInitOnly(t *testing.T) {
 	code, _, stderr := runMain(t, "--manifests", dir, "--hostname-override", "node-a", "--init-only", "--conntrack-max-per-core=7")
 	if code != 0 || applied == nil || applied.Conntrack.MaxPerCore != 7 || len(fb.syncs) != 0 {
 		t.Errorf("--init-only: exit %d, applied %v, %d syncs\n%s", code, applied != nil, len(fb.syncs), stderr)
+	}
+}
+
+// Like kube-proxy, switchyard exits when the content of its config file
+// changes (its DaemonSet restarts it with the new one); an event that
+// leaves the content alone does not count.
+func TestConfigFileChangeExits(t *testing.T) {
+	dir := t.TempDir()
+	body := "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmetricsBindAddress: \"0\"\n"
+	cfg := writeFile(t, dir, "config.conf", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n")
+	logs, done, _ := startDaemon(t, "--config", cfg, "--healthz-bind-address", "", "--metrics-bind-address", "")
+	eventually(t, "the first sync", func() bool { return strings.Contains(logs.String(), "initial state received") })
+	writeFile(t, dir, "unrelated", "x") // an event in the folder, same content
+	writeFile(t, dir, "config.conf", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n")
+	time.Sleep(3 * configSettle) // a negative check: give a wrong exit the chance to happen
+	select {
+	case code := <-done:
+		done <- code
+		t.Fatalf("exited %d though the content did not change:\n%s", code, logs)
+	default:
+	}
+	writeFile(t, dir, "config.conf", body)
+	select {
+	case code := <-done:
+		done <- code
+		if code != 1 || !strings.Contains(logs.String(), "was updated") {
+			t.Errorf("exit %d:\n%s", code, logs)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no exit after the config changed:\n%s", logs)
+	}
+}
+
+// A ConfigMap volume updates by swapping the ..data symlink: that counts.
+func TestConfigMapSwapExits(t *testing.T) {
+	dir := t.TempDir()
+	v1, v2 := filepath.Join(dir, "..2026_1"), filepath.Join(dir, "..2026_2")
+	for _, d := range []string{v1, v2} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeFile(t, v1, "config.conf", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n")
+	writeFile(t, v2, "config.conf", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCIDR: 10.1.0.0/16\n")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Symlink("..2026_1", filepath.Join(dir, "..data")))
+	must(os.Symlink("..data/config.conf", filepath.Join(dir, "config.conf")))
+	logs, done, _ := startDaemon(t, "--config", filepath.Join(dir, "config.conf"), "--healthz-bind-address", "", "--metrics-bind-address", "")
+	eventually(t, "the first sync", func() bool { return strings.Contains(logs.String(), "initial state received") })
+	must(os.Symlink("..2026_2", filepath.Join(dir, "..data_tmp")))
+	must(os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")))
+	select {
+	case code := <-done:
+		done <- code
+		if code != 1 || !strings.Contains(logs.String(), "was updated") {
+			t.Errorf("exit %d:\n%s", code, logs)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no exit after the ConfigMap swap:\n%s", logs)
 	}
 }

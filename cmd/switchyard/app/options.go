@@ -111,6 +111,9 @@ type Options struct {
 	Logging *logsapi.LoggingConfiguration
 	// Version is --version: "", "true", "raw" or a version to report.
 	Version string
+
+	// configData is the content of ConfigFile as loaded.
+	configData []byte
 }
 
 // defaultOptions returns kube-proxy's defaults.
@@ -304,6 +307,7 @@ func (o *Options) loadConfigFile(path string, explicit map[string]bool) ([]strin
 	if err != nil {
 		return nil, fmt.Errorf("reading config file: %w", err)
 	}
+	o.configData = data
 	var raw map[string]any
 	if err := yaml.Unmarshal(data, &raw); err != nil {
 		return nil, fmt.Errorf("config file %s: %w", path, err)

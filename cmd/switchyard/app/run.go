@@ -48,6 +48,10 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	defer cancel()
 
 	obs := newObservers(ctx, o, log, !o.Once)
+	var configChanged <-chan error
+	if o.ConfigFile != "" && !o.Once {
+		configChanged = watchConfigFile(ctx, o.ConfigFile, o.configData, log)
+	}
 
 	var r *runner.Runner
 	tr := tracker.New(tracker.Options{
@@ -127,6 +131,10 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 		cancel()
 		return err
 	case err := <-obs.failed:
+		cancel()
+		<-runErr
+		return err
+	case err := <-configChanged:
 		cancel()
 		<-runErr
 		return err
