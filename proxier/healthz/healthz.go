@@ -5,10 +5,14 @@
 // being deleted or carries the cluster autoscaler's ToBeDeletedByClusterAutoscaler
 // taint, so load balancers drain it; /livez ignores the node.
 //
-// The body is JSON: {"lastUpdated": ..., "currentTime": ..., "nodeEligible": ...}
-// (nodeEligible on /healthz only). Times are formatted as Go's
-// time.Time.String(), as kube-proxy prints them. As in kube-proxy,
-// lastUpdated equals currentTime while healthy.
+// The body is kube-proxy v1.37's JSON: {"lastUpdated", "currentTime",
+// "nodeEligible" (/healthz only), "healthy", "status": {"IPv4": {"lastUpdated",
+// "healthy"}, ...}}, times in RFC 3339 with nanoseconds. "healthy" is the
+// proxier's health (the node's eligibility only changes the status code);
+// "status" lists the families given with WithFamilies once a sync has
+// succeeded (switchyard syncs all families together, so they share one
+// state). As in kube-proxy, the top-level lastUpdated equals currentTime
+// while the answer is 200.
 package healthz
 
 import (
@@ -43,15 +47,22 @@ type Option func(*Server)
 // WithClock makes the server read the time from now.
 func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
 
+// WithFamilies names the IP families the node proxies ("IPv4", "IPv6"),
+// reported under "status" in the body.
+func WithFamilies(families ...string) Option {
+	return func(s *Server) { s.families = append([]string(nil), families...) }
+}
+
 // WithProbeRecorder makes the server report every answer to r.
 func WithProbeRecorder(r ProbeRecorder) Option { return func(s *Server) { s.probes = r } }
 
 // Server tracks the proxier's health and serves it over HTTP. Its methods
 // are safe for concurrent use.
 type Server struct {
-	timeout time.Duration
-	now     func() time.Time
-	probes  ProbeRecorder
+	timeout  time.Duration
+	now      func() time.Time
+	probes   ProbeRecorder
+	families []string
 
 	mu           sync.Mutex
 	lastUpdated  time.Time
@@ -131,15 +142,29 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
+// familyHealth is one family's entry under "status".
+type familyHealth struct {
+	LastUpdated time.Time `json:"lastUpdated"`
+	Healthy     bool      `json:"healthy"`
+}
+
 type body struct {
-	LastUpdated  string `json:"lastUpdated"`
-	CurrentTime  string `json:"currentTime"`
-	NodeEligible *bool  `json:"nodeEligible,omitempty"`
+	LastUpdated  time.Time               `json:"lastUpdated"`
+	CurrentTime  time.Time               `json:"currentTime"`
+	NodeEligible *bool                   `json:"nodeEligible,omitempty"`
+	Healthy      bool                    `json:"healthy"`
+	Status       map[string]familyHealth `json:"status,omitempty"`
 }
 
 func (s *Server) serve(w http.ResponseWriter, withNode bool) {
 	healthy, lastUpdated, now, eligible := s.state()
-	b := body{CurrentTime: now.Round(0).String()}
+	b := body{CurrentTime: now, LastUpdated: lastUpdated, Healthy: healthy}
+	if !lastUpdated.IsZero() && len(s.families) > 0 {
+		b.Status = map[string]familyHealth{}
+		for _, f := range s.families {
+			b.Status[f] = familyHealth{LastUpdated: lastUpdated, Healthy: healthy}
+		}
+	}
 	if withNode {
 		healthy = healthy && eligible
 		b.NodeEligible = &eligible
@@ -149,9 +174,8 @@ func (s *Server) serve(w http.ResponseWriter, withNode bool) {
 		code = http.StatusOK
 		// kube-proxy reports "now" while healthy, for compatibility with
 		// releases where lastUpdated meant "last time the loop ran".
-		lastUpdated = now
+		b.LastUpdated = now
 	}
-	b.LastUpdated = lastUpdated.Round(0).String()
 	if s.probes != nil {
 		if withNode {
 			s.probes.HealthzProbe(code)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,9 +38,15 @@ func (p *probes) LivezProbe(code int)   { p.mu.Lock(); p.livez[code]++; p.mu.Unl
 type reply struct {
 	code         int
 	contentType  string
-	LastUpdated  string `json:"lastUpdated"`
-	CurrentTime  string `json:"currentTime"`
-	NodeEligible *bool  `json:"nodeEligible"`
+	LastUpdated  time.Time `json:"lastUpdated"`
+	CurrentTime  time.Time `json:"currentTime"`
+	NodeEligible *bool     `json:"nodeEligible"`
+	Healthy      *bool     `json:"healthy"`
+	Status       map[string]struct {
+		LastUpdated time.Time `json:"lastUpdated"`
+		Healthy     bool      `json:"healthy"`
+	} `json:"status"`
+	raw string
 }
 
 // serve starts s on a loopback port and returns its base URL.
@@ -77,7 +84,7 @@ func get(t *testing.T, url string) reply {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := reply{code: resp.StatusCode, contentType: resp.Header.Get("Content-Type")}
+	r := reply{code: resp.StatusCode, contentType: resp.Header.Get("Content-Type"), raw: string(data)}
 	if err := json.Unmarshal(data, &r); err != nil {
 		t.Fatalf("%s: body %q is not JSON: %v", url, data, err)
 	}
@@ -106,13 +113,13 @@ func expect(t *testing.T, base string, healthz, livez int, eligible bool) (reply
 func TestHealthTimeline(t *testing.T) {
 	c := &clock{now: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)}
 	p := &probes{healthz: map[int]int{}, livez: map[int]int{}}
-	s := New(time.Minute, WithClock(c.Now), WithProbeRecorder(p))
+	s := New(time.Minute, WithClock(c.Now), WithProbeRecorder(p), WithFamilies("IPv4", "IPv6"))
 	base := serve(t, s)
 
 	// Starting up: healthy, lastUpdated reported as now.
 	h, _ := expect(t, base, 200, 200, true)
-	if h.LastUpdated != h.CurrentTime || h.CurrentTime != c.Now().String() {
-		t.Fatalf("healthy body = %+v, want lastUpdated = currentTime = %v", h, c.Now())
+	if !h.LastUpdated.Equal(h.CurrentTime) || !h.CurrentTime.Equal(c.Now()) || h.Healthy == nil || !*h.Healthy || h.Status != nil {
+		t.Fatalf("healthy body = %+v, want lastUpdated = currentTime = %v, healthy, no status before a sync", h, c.Now())
 	}
 
 	// An update queued: healthy until it is a full timeout old.
@@ -125,8 +132,8 @@ func TestHealthTimeline(t *testing.T) {
 	if s.Healthy() {
 		t.Fatal("Healthy() = true with a stale queued update")
 	}
-	if h.LastUpdated != (time.Time{}).String() {
-		t.Fatalf("unhealthy lastUpdated = %q, want the zero time (never synced)", h.LastUpdated)
+	if !h.LastUpdated.IsZero() || *h.Healthy {
+		t.Fatalf("unhealthy body %+v, want the zero lastUpdated (never synced) and healthy false", h)
 	}
 
 	// A sync clears it.
@@ -141,8 +148,15 @@ func TestHealthTimeline(t *testing.T) {
 	s.QueuedUpdate()
 	c.Advance(2 * time.Minute)
 	h, _ = expect(t, base, 503, 503, true)
-	if h.LastUpdated != synced.String() || h.CurrentTime != c.Now().String() {
+	if !h.LastUpdated.Equal(synced) || !h.CurrentTime.Equal(c.Now()) {
 		t.Fatalf("body = %+v, want lastUpdated %v", h, synced)
+	}
+	if st := h.Status["IPv4"]; !st.LastUpdated.Equal(synced) || st.Healthy || len(h.Status) != 2 {
+		t.Fatalf("status = %+v, want both families unhealthy since %v", h.Status, synced)
+	}
+	// kube-proxy's format: RFC 3339 with nanoseconds.
+	if !strings.Contains(h.raw, `"currentTime":"2025-03-01T12:03:00Z"`) {
+		t.Fatalf("raw body %s", h.raw)
 	}
 
 	s.Updated()

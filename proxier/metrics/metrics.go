@@ -20,10 +20,15 @@ package metrics
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,6 +89,9 @@ type Metrics struct {
 	syncs        *prometheus.CounterVec
 	lastBytes    prometheus.Gauge
 	lastRules    prometheus.Gauge
+
+	configzMu sync.Mutex
+	configz   map[string]any
 }
 
 // New returns metrics for the given proxy mode ("iptables", "ipvs",
@@ -100,39 +108,39 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 	}
 	fam := []string{"ip_family"}
 	hist := func(name, help string, buckets []float64) *prometheus.HistogramVec {
-		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: name, Help: help, Buckets: buckets}, fam)
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: name, Help: alpha(help), Buckets: buckets}, fam)
 	}
 	m.syncDuration = hist("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", SyncBuckets)
 	m.syncFullDuration = hist("sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs", SyncBuckets)
 	m.syncPartialDuration = hist("sync_partial_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for partial resyncs", SyncBuckets)
 	m.networkProgramming = hist("network_programming_duration_seconds", "In Cluster Network Programming Latency in seconds", NetworkProgrammingBuckets)
 	m.lastSync = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_timestamp_seconds",
-		Help: "The last time proxy rules were successfully synced"}, fam)
+		Help: alpha("The last time proxy rules were successfully synced")}, fam)
 	m.lastQueued = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_queued_timestamp_seconds",
-		Help: "The last time a sync of proxy rules was queued"}, fam)
+		Help: alpha("The last time a sync of proxy rules was queued")}, fam)
 	m.endpointPending = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_endpoint_changes_pending",
-		Help: "Pending proxy rules Endpoint changes"})
+		Help: alpha("Pending proxy rules Endpoint changes")})
 	m.endpointTotal = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_endpoint_changes_total",
-		Help: "Cumulative proxy rules Endpoint changes"})
+		Help: alpha("Cumulative proxy rules Endpoint changes")})
 	m.servicePending = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_service_changes_pending",
-		Help: "Pending proxy rules Service changes"})
+		Help: alpha("Pending proxy rules Service changes")})
 	m.serviceTotal = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_service_changes_total",
-		Help: "Cumulative proxy rules Service changes"})
+		Help: alpha("Cumulative proxy rules Service changes")})
 	m.noLocalEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_no_local_endpoints_total",
-		Help: "Number of services with a Local traffic policy and no endpoints"}, []string{"ip_family", "traffic_policy"})
+		Help: alpha("Number of services with a Local traffic policy and no endpoints")}, []string{"ip_family", "traffic_policy"})
 	m.nodePortConflicts = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "service_node_port_conflicts",
 		Help: "Service ports whose node port is held by an older service and is therefore not served (their other addresses are)."}, fam)
 	m.healthzTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_healthz_total",
-		Help: "Cumulative proxy healthz HTTP status"}, []string{"code"})
+		Help: alpha("Cumulative proxy healthz HTTP status")}, []string{"code"})
 	m.livezTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_livez_total",
-		Help: "Cumulative proxy livez HTTP status"}, []string{"code"})
+		Help: alpha("Cumulative proxy livez HTTP status")}, []string{"code"})
 	switch mode {
 	case "iptables", "ipvs":
 		m.modeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_iptables_restore_failures_total",
-			Help: "Cumulative proxy iptables restore failures"}, fam)
+			Help: alpha("Cumulative proxy iptables restore failures")}, fam)
 	case "nftables":
 		m.modeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_nftables_sync_failures_total",
-			Help: "Cumulative proxy nftables sync failures"}, fam)
+			Help: alpha("Cumulative proxy nftables sync failures")}, fam)
 	}
 
 	m.syncFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "sync_proxy_rules_failures_total",
@@ -306,9 +314,52 @@ func (m *Metrics) LivezProbe(code int) { m.livezTotal.WithLabelValues(strconv.It
 
 func seconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
+// alpha marks a HELP string with the stability level kube-proxy's
+// component-base metrics print for its ALPHA metrics.
+func alpha(help string) string { return "[ALPHA] " + help }
+
+// SetBuildInfo registers kubernetes_build_info (constant 1, BETA as in
+// component-base) labelled with switchyard's version (gitVersion, e.g.
+// "v0.1.0") and the Go toolchain and platform it runs on, so dashboards
+// that read a node proxy's version from it keep working. Call it once.
+func (m *Metrics) SetBuildInfo(gitVersion string) {
+	major, minor := "", ""
+	parts := strings.SplitN(strings.TrimPrefix(gitVersion, "v"), ".", 3)
+	if len(parts) >= 2 {
+		major, minor = parts[0], parts[1]
+	}
+	commit, treeState, buildDate := "", "", ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.modified":
+				treeState = map[string]string{"true": "dirty", "false": "clean"}[s.Value]
+			case "vcs.time":
+				buildDate = s.Value
+			}
+		}
+	}
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubernetes_build_info",
+		Help: "[BETA] A metric with a constant '1' value labeled by major, minor, git version, git commit, git tree state, build date, Go version, and compiler from which Kubernetes was built, and platform on which it is running."},
+		[]string{"major", "minor", "git_version", "git_commit", "git_tree_state", "build_date", "go_version", "compiler", "platform"})
+	m.reg.MustRegister(g)
+	g.WithLabelValues(major, minor, gitVersion, commit, treeState, buildDate, runtime.Version(), runtime.Compiler,
+		runtime.GOOS+"/"+runtime.GOARCH).Set(1)
+}
+
+// SetConfigz makes /configz answer {name: config} as JSON, as kube-proxy's
+// configz does with "kubeproxy.config.k8s.io" and its configuration.
+func (m *Metrics) SetConfigz(name string, config any) {
+	m.configzMu.Lock()
+	defer m.configzMu.Unlock()
+	m.configz = map[string]any{name: config}
+}
+
 // Handler returns the mux for --metrics-bind-address: /metrics (Prometheus
-// text), /proxyMode (the mode name as plain text) and /healthz ("ok", the
-// process is up).
+// text), /proxyMode (the mode name as plain text), /configz (see
+// SetConfigz) and /healthz ("ok", the process is up).
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
@@ -316,6 +367,17 @@ func (m *Metrics) Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		_, _ = fmt.Fprint(w, m.mode)
+	})
+	mux.HandleFunc("/configz", func(w http.ResponseWriter, _ *http.Request) {
+		m.configzMu.Lock()
+		b, err := json.Marshal(m.configz)
+		m.configzMu.Unlock()
+		if err != nil || m.configz == nil {
+			http.Error(w, "no configuration", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(b)
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

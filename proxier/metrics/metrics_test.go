@@ -392,3 +392,42 @@ func TestRunnerRecordsIntoMetrics(t *testing.T) {
 		t.Error("health server unhealthy after a successful sync")
 	}
 }
+
+func TestBuildInfoConfigzAndStability(t *testing.T) {
+	m := New("iptables", proxier.IPv4)
+	base := serve(t, m)
+	if code, _, _ := fetch(t, base+"/configz"); code != http.StatusNotFound {
+		t.Errorf("/configz before SetConfigz: %d", code)
+	}
+	m.SetBuildInfo("v0.1.0-dev")
+	m.SetConfigz("kubeproxy.config.k8s.io", map[string]string{"mode": "iptables"})
+	code, ctype, body := fetch(t, base+"/configz")
+	if code != 200 || ctype != "application/json" || body != `{"kubeproxy.config.k8s.io":{"mode":"iptables"}}` {
+		t.Errorf("/configz: %d %q %s", code, ctype, body)
+	}
+	fams := scrape(t, base)
+	bi := fams["kubernetes_build_info"]
+	if bi == nil || len(bi.Metric) != 1 || bi.Metric[0].GetGauge().GetValue() != 1 {
+		t.Fatalf("kubernetes_build_info: %v", bi)
+	}
+	labels := map[string]string{}
+	for _, l := range bi.Metric[0].Label {
+		labels[l.GetName()] = l.GetValue()
+	}
+	if labels["major"] != "0" || labels["minor"] != "1" || labels["git_version"] != "v0.1.0-dev" || labels["go_version"] == "" || labels["platform"] == "" {
+		t.Errorf("build info labels %v", labels)
+	}
+	if !strings.HasPrefix(bi.GetHelp(), "[BETA] ") {
+		t.Errorf("build info HELP %q", bi.GetHelp())
+	}
+	for name, f := range fams {
+		if strings.HasPrefix(name, "kubeproxy_") && !strings.HasPrefix(f.GetHelp(), "[ALPHA] ") {
+			t.Errorf("%s HELP %q lacks kube-proxy's [ALPHA] marker", name, f.GetHelp())
+		}
+	}
+	for _, want := range []string{"go_goroutines", "process_cpu_seconds_total"} {
+		if fams[want] == nil {
+			t.Errorf("no %s", want)
+		}
+	}
+}

@@ -228,7 +228,9 @@ func TestBadServiceSkipped(t *testing.T) {
 	}
 }
 
-var syncedLine = regexp.MustCompile(`msg=synced .*wrote=true`)
+// syncedLine matches the runner's debug line in klog's text format (and
+// slog's, as switchyard logged before).
+var syncedLine = regexp.MustCompile(`(?:msg=synced|"synced") .*wrote=true`)
 
 // liveSwitchyard is a long-running switchyard watching a manifest folder.
 type liveSwitchyard struct {

@@ -231,7 +231,7 @@ func runOnce(t *testing.T, l *lab.Lab, dir string, cfg scenarios.Config, extra .
 	return switchyard(t, l, append([]string{"--once"}, flags(dir, cfg, extra...)...)...)
 }
 
-var syncedLine = regexp.MustCompile(`msg=synced .*wrote=(true|false)`)
+var syncedLine = regexp.MustCompile(`(?:msg=synced|"synced") .*wrote=(true|false)`)
 
 // live is a long-running switchyard watching a manifest folder.
 type live struct {

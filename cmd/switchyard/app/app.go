@@ -89,6 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		name += " " + cmd
 	}
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetNormalizeFunc(normalizeFlagName)
 	fs.SetOutput(stderr)
 	o.addFlags(fs, cmd == "")
 	fs.Usage = func() {
@@ -103,24 +104,54 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
 	}
-	log, err := newLogger(o.LogLevel, stderr)
-	if err != nil {
-		return usageError{err}
+	switch o.Version {
+	case "", "false":
+	case "true", "raw":
+		fmt.Fprintln(stdout, "switchyard", Version)
+		return nil
+	default:
+		// kube-proxy's --version=vX.Y.Z overrides the reported version.
+		fmt.Fprintln(stdout, "switchyard", o.Version)
+		return nil
 	}
+	explicit := map[string]bool{}
+	fs.Visit(func(f *pflag.Flag) { explicit[f.Name] = true })
+	var warnings []string
 	if o.ConfigFile != "" {
-		explicit := map[string]bool{}
-		fs.Visit(func(f *pflag.Flag) { explicit[f.Name] = true })
-		warnings, err := o.loadConfigFile(o.ConfigFile, explicit)
+		w, err := o.loadConfigFile(o.ConfigFile, explicit)
 		if err != nil {
 			return usageError{err}
 		}
-		for _, w := range warnings {
-			log.Warn(w)
+		warnings = w
+	}
+	o.applyKubeProxyFlags(explicit)
+	if !explicit["log-level"] && o.Logging.Verbosity >= 4 {
+		// kube-proxy's -v=4 and up shows debug records.
+		o.LogLevel = "debug"
+	}
+	log, flush, err := newLogger(o.Logging, o.LogLevel, stderr)
+	if err != nil {
+		return usageError{err}
+	}
+	defer flush()
+	fs.Visit(func(f *pflag.Flag) {
+		if reason, ok := noEffectFlags[f.Name]; ok {
+			log.Warn("flag has no effect in switchyard", "flag", "--"+f.Name, "reason", reason)
 		}
+	})
+	for _, w := range warnings {
+		log.Warn(w)
 	}
 	s, err := o.validate()
 	if err != nil {
 		return usageError{err}
+	}
+	if o.WriteConfigTo != "" {
+		if err := o.writeConfig(o.WriteConfigTo); err != nil {
+			return err
+		}
+		log.Info("wrote configuration", "file", o.WriteConfigTo)
+		return nil
 	}
 	switch cmd {
 	case "plan":
@@ -153,14 +184,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return runProxy(ctx, o, s, log)
-}
-
-func newLogger(level string, w io.Writer) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
 // backendFactory builds backends; tests replace it with fakes.

@@ -151,6 +151,15 @@ spec:
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+	if !strings.Contains(body, `kubernetes_build_info{`) || !strings.Contains(body, "# HELP kubeproxy_sync_proxy_rules_duration_seconds [ALPHA] ") {
+		t.Errorf("/metrics lacks kubernetes_build_info or kube-proxy's HELP markers")
+	}
+	if code, body := get("http://" + metricsAddr + "/configz"); code != 200 || !strings.Contains(body, `{"kubeproxy.config.k8s.io":{`) || !strings.Contains(body, `"hostnameOverride":"node-a"`) {
+		t.Errorf("/configz: %d %s", code, body)
+	}
+	if code, body := get("http://" + healthz + "/healthz"); code != 200 || !strings.Contains(body, `"healthy":true`) || !strings.Contains(body, `"status":{"IPv4":`) {
+		t.Errorf("/healthz: %d %s", code, body)
+	}
 	if code, body := get("http://" + metricsAddr + "/proxyMode"); code != 200 || strings.TrimSpace(body) != "iptables" {
 		t.Errorf("/proxyMode: %d %q", code, body)
 	}

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -26,38 +27,74 @@ type observers struct {
 	log     *slog.Logger
 	pendSvc atomic.Int64
 	pendEps atomic.Int64
+	// failed receives a server's bind error with --bind-address-hard-fail.
+	failed chan error
 }
 
-// newObservers starts the healthz and metrics servers (an empty address
-// disables one). They stop when ctx ends.
-func newObservers(ctx context.Context, o *Options, log *slog.Logger) (*observers, error) {
+// serverRetryInterval is how long a health or metrics server that cannot
+// bind its port waits before trying again (kube-proxy's 5 s).
+var serverRetryInterval = 5 * time.Second
+
+// newObservers creates the health server and the metrics and, unless
+// serve is false (--once), serves them over HTTP (an empty address
+// disables one) until ctx ends. A port that cannot be bound is logged and
+// retried; with --bind-address-hard-fail it is reported on obs.failed
+// instead.
+func newObservers(ctx context.Context, o *Options, log *slog.Logger, serve bool) *observers {
 	obs := &observers{
 		metrics: metrics.New(o.ProxyMode, proxier.IPv4, proxier.IPv6),
 		log:     log,
+		failed:  make(chan error, 2),
 	}
 	// Like kube-proxy: unhealthy when a queued update waits longer than
 	// twice the sync period.
-	obs.health = healthz.New(2*o.SyncPeriod, healthz.WithProbeRecorder(obs.metrics))
+	obs.health = healthz.New(2*o.SyncPeriod, healthz.WithProbeRecorder(obs.metrics),
+		healthz.WithFamilies(proxier.IPv4.String(), proxier.IPv6.String()))
+	obs.metrics.SetBuildInfo(Version)
+	// /configz: the effective configuration, as kube-proxy's.
+	obs.metrics.SetConfigz("kubeproxy.config.k8s.io", o.kubeProxyConfiguration())
+	if !serve {
+		return obs
+	}
 	for _, srv := range []struct {
-		addr    string
-		handler interface {
+		name, addr string
+		handler    interface {
 			Serve(context.Context, net.Listener) error
 		}
-	}{{o.HealthzBindAddress, obs.health}, {o.MetricsBindAddress, obs.metrics}} {
+	}{{"healthz", o.HealthzBindAddress, obs.health}, {"metrics", o.MetricsBindAddress, obs.metrics}} {
 		if srv.addr == "" {
 			continue
 		}
-		ln, err := net.Listen("tcp", srv.addr)
-		if err != nil {
-			return nil, err
-		}
-		go func() {
-			if err := srv.handler.Serve(ctx, ln); err != nil && !errors.Is(err, http.ErrServerClosed) && ctx.Err() == nil {
-				log.Error("HTTP server stopped", "addr", ln.Addr().String(), "err", err)
-			}
-		}()
+		go obs.serve(ctx, srv.name, srv.addr, srv.handler.Serve, o.BindAddressHardFail)
 	}
-	return obs, nil
+	return obs
+}
+
+// serve binds addr and serves on it, retrying a failed bind or a server
+// that stopped, until ctx ends.
+func (obs *observers) serve(ctx context.Context, name, addr string, serve func(context.Context, net.Listener) error, hardFail bool) {
+	for ctx.Err() == nil {
+		ln, err := net.Listen("tcp", addr)
+		if err == nil {
+			err = serve(ctx, ln)
+			if ctx.Err() != nil || errors.Is(err, http.ErrServerClosed) {
+				return
+			}
+		}
+		if err == nil {
+			err = errors.New("server returned")
+		}
+		if hardFail {
+			obs.failed <- fmt.Errorf("%s server on %s: %w (--bind-address-hard-fail)", name, addr, err)
+			return
+		}
+		obs.log.Error("HTTP server failed; retrying", "server", name, "addr", addr, "err", err, "retryIn", serverRetryInterval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(serverRetryInterval):
+		}
+	}
 }
 
 func (obs *observers) runnerOptions() []runner.Option {

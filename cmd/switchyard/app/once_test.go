@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -32,7 +33,10 @@ func (f *fakeBackend) Cleanup(context.Context) error { return nil }
 func useBackend(t *testing.T, b proxier.Backend) {
 	old := backendFactory
 	backendFactory = func(*Options, *slog.Logger) (proxier.Backend, error) { return b, nil }
-	t.Cleanup(func() { backendFactory = old })
+	// In-process runs must never change the host's sysctls.
+	oldSetup := nodeSetup
+	nodeSetup = func(*Options, *slog.Logger) error { return nil }
+	t.Cleanup(func() { backendFactory, nodeSetup = old, oldSetup })
 }
 
 func TestOnceExitCodes(t *testing.T) {
@@ -74,7 +78,7 @@ func TestOnceProgramsARealNamespace(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
-	ns := "swy-app-" + strings.ReplaceAll(t.Name()[len(t.Name())-6:], "/", "")
+	ns := fmt.Sprintf("swy-app-once-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}

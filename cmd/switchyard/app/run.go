@@ -13,8 +13,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/klog/v2"
 
+	"github.com/switchyard-proxy/switchyard/internal/nodetune"
 	"github.com/switchyard-proxy/switchyard/nodeport"
 	"github.com/switchyard-proxy/switchyard/proxier"
 	"github.com/switchyard-proxy/switchyard/proxier/runner"
@@ -30,6 +30,15 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	if o.Cleanup {
 		return cleanupAll(ctx, o, log)
 	}
+	if !o.Once {
+		if err := nodeSetup(o, log); err != nil {
+			return err
+		}
+		if o.InitOnly {
+			log.Info("node settings applied (--init-only); exiting")
+			return nil
+		}
+	}
 	backend, err := backendFactory(o, log)
 	if err != nil {
 		return err
@@ -38,9 +47,10 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	obs, err := newObservers(ctx, o, log)
-	if err != nil {
-		return err
+	obs := newObservers(ctx, o, log, !o.Once)
+	var configChanged <-chan error
+	if o.ConfigFile != "" && !o.Once {
+		configChanged = watchConfigFile(ctx, o.ConfigFile, o.configData, log)
 	}
 
 	var r *runner.Runner
@@ -90,6 +100,8 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 			err = errors.New("source stopped before its initial sync")
 		}
 		return err
+	case err := <-obs.failed:
+		return err
 	case <-ctx.Done():
 		return nil
 	}
@@ -118,6 +130,14 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	case err := <-runErr:
 		cancel()
 		return err
+	case err := <-obs.failed:
+		cancel()
+		<-runErr
+		return err
+	case err := <-configChanged:
+		cancel()
+		<-runErr
+		return err
 	case <-ctx.Done():
 		<-runErr
 		log.Info("shutting down; rules stay in place")
@@ -130,9 +150,8 @@ func runSource(ctx context.Context, o *Options, s *settings, sink proxier.Sink, 
 	if o.Manifests != "" {
 		return manifests.New(o.Manifests, s.nodeName, o.ServiceProxyName, sink, log).Run(ctx)
 	}
-	// client-go reports watch and permission errors through klog: send them
-	// to the same log, or a missing RBAC rule would stall the start silently.
-	klog.SetSlogLogger(log.With("component", "client-go"))
+	// client-go reports watch and permission errors through klog, which
+	// newLogger pointed at the same sink as log.
 	cfg, err := restConfig(o)
 	if err != nil {
 		return err
@@ -147,18 +166,22 @@ func runSource(ctx context.Context, o *Options, s *settings, sink proxier.Sink, 
 // restConfig follows kube-proxy: --kubeconfig and --master if given, else
 // the in-cluster service account.
 func restConfig(o *Options) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
 	if o.Kubeconfig == "" && o.Master == "" {
-		cfg, err := rest.InClusterConfig()
+		cfg, err = rest.InClusterConfig()
 		if err != nil {
 			return nil, fmt.Errorf("no --kubeconfig, --master or --manifests, and not in a cluster: %w", err)
 		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags(o.Master, o.Kubeconfig)
-	if err != nil {
+	} else if cfg, err = clientcmd.BuildConfigFromFlags(o.Master, o.Kubeconfig); err != nil {
 		return nil, fmt.Errorf("loading kubeconfig: %w", err)
 	}
 	cfg.UserAgent = "switchyard/" + Version
+	// --kube-api-qps, --kube-api-burst, --kube-api-content-type.
+	cfg.QPS, cfg.Burst = o.KubeAPIQPS, int(o.KubeAPIBurst)
+	if o.KubeAPIContentType != "" {
+		cfg.ContentType = o.KubeAPIContentType
+	}
 	return cfg, nil
 }
 
@@ -214,4 +237,26 @@ func (h *healthChecks) close() {
 	if h.servers != nil {
 		h.servers.Close()
 	}
+}
+
+// nodeSetup applies the node settings kube-proxy makes at start; tests
+// replace it so they never touch the host.
+var nodeSetup = applyNodeSettings
+
+// applyNodeSettings writes --oom-score-adj (a failure is a warning, as in
+// kube-proxy) and the --conntrack-* sysctls (skipped with a warning where
+// /proc/sys is read-only; any other failure is fatal, as in kube-proxy).
+func applyNodeSettings(o *Options, log *slog.Logger) error {
+	if err := nodetune.ApplyOOMScoreAdj("", o.OOMScoreAdj); err != nil {
+		log.Warn("cannot set the OOM score; going on", "err", err)
+	}
+	t := &nodetune.Tuner{Log: log}
+	if err := t.ApplyConntrack(o.Conntrack); err != nil {
+		if errors.Is(err, nodetune.ErrReadOnly) {
+			log.Warn("conntrack sysctls are read-only here; skipped", "err", err)
+			return nil
+		}
+		return fmt.Errorf("setting conntrack parameters: %w", err)
+	}
+	return nil
 }

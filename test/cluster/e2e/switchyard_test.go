@@ -332,11 +332,22 @@ func TestSwitchyard(t *testing.T) {
 	})
 }
 
-var logTimeRE = regexp.MustCompile(`^time=(\S+)`)
+var (
+	logTimeRE  = regexp.MustCompile(`^time=(\S+)`)
+	klogTimeRE = regexp.MustCompile(`^[IWEF](\d{4} \d{2}:\d{2}:\d{2}\.\d{6}) `)
+)
 
-// logTime returns the time of one of switchyard's log lines (slog text
-// format, time=... first).
+// logTime returns the time of one of switchyard's log lines: klog's text
+// format (IMMDD hh:mm:ss.uuuuuu, local time, this year) or slog's
+// (time=... first).
 func logTime(line string) (time.Time, bool) {
+	if m := klogTimeRE.FindStringSubmatch(line); m != nil {
+		t, err := time.ParseInLocation("0102 15:04:05.000000", m[1], time.Local)
+		if err != nil {
+			return time.Time{}, false
+		}
+		return t.AddDate(time.Now().Year(), 0, 0), true
+	}
 	m := logTimeRE.FindStringSubmatch(line)
 	if m == nil {
 		return time.Time{}, false
