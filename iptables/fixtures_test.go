@@ -168,6 +168,16 @@ func goldenCases() map[string][]*proxier.Snapshot {
 	cases["cluster-cidrs"] = []*proxier.Snapshot{multi}
 	cases["no-cluster-cidr"] = []*proxier.Snapshot{noCIDR}
 
+	// Localhost node ports (IPv4): the node-port jump keeps 127.0.0.0/8
+	// and the firewall blocks incoming localnet connections.
+	lnp := snapshot(proxier.IPv4, func() *proxier.ServicePort {
+		s := svc("default", "web", "http", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", false))
+		s.NodePort = 30010
+		return s
+	}())
+	lnp.LocalhostNodePorts = true
+	cases["localhost-nodeports"] = []*proxier.Snapshot{lnp}
+
 	// Dual stack: IPv4 and IPv6 sections.
 	v6 := svc("default", "web", "http", proxier.TCP, "fd00:96::10", 80, ep("[fd00:10:244:1::5]:8080", true), ep("[fd00:10:244:2::5]:8080", false))
 	v6.NodePort = 30010

@@ -150,6 +150,9 @@ func PlannerConfig(s scenarios.Scenario) planner.Config {
 		ClusterCIDRs:  s.Config.ClusterCIDRs,
 		MasqueradeAll: s.Config.MasqueradeAll,
 		MasqueradeBit: MasqueradeBit,
+		// switchyard's default, as the lab runs it (only the iptables
+		// mode implements it).
+		LocalhostNodePorts: true,
 	}
 }
 

@@ -170,6 +170,9 @@ func traceIptrace(rs *iptrace.Ruleset, node iptrace.Node, p scenarios.Packet, sr
 func runTracerExempt(t *testing.T, mode Mode, exempt map[string]string, extra map[string][]scenarios.Packet) {
 	seen := map[string]bool{}
 	for _, s := range scenarios.All() {
+		if s.IPTablesOnly {
+			continue
+		}
 		t.Run(s.Name, func(t *testing.T) {
 			snaps, err := Plan(s)
 			if err != nil {

@@ -33,6 +33,9 @@ func TestScenarios(t *testing.T) {
 	podsOf := map[string][]scenarios.Pod{}
 	var all []scenarios.Pod
 	for _, s := range scenarios.All() {
+		if s.IPTablesOnly {
+			continue
+		}
 		key := fmt.Sprint(s.Config)
 		if byConfig[key] == nil {
 			configs = append(configs, s.Config)

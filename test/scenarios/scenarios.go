@@ -105,7 +105,8 @@ type Packet struct {
 	// From names the sending pod for FromPod (default Topology.Client).
 	From string
 	// Src overrides the source address for FromOutside (default
-	// Topology.OutsideClient).
+	// Topology.OutsideClient) and FromNode (default Topology.NodeIP; e.g.
+	// 127.0.0.1 for localhost node ports).
 	Src netip.Addr
 	// Proto and Dst are the protocol and destination "ip:port".
 	Proto proxier.Protocol
@@ -125,6 +126,9 @@ type Scenario struct {
 	// Features lists the features of issue 3 this scenario covers.
 	Features []Feature
 	Packets  []Packet
+	// IPTablesOnly marks a scenario of a feature only the iptables mode
+	// has (upstream's IPVS mode does not have it either).
+	IPTablesOnly bool
 	// Problems are substrings of the problems the planner must report for
 	// the fixture (bad input next to good services); any other problem is
 	// a failure.
@@ -156,6 +160,7 @@ const (
 	FeatTopologyZone      Feature = "topology-prefer-close"
 	FeatTopologyNode      Feature = "topology-prefer-same-node"
 	FeatBadInput          Feature = "bad-input-next-to-good"
+	FeatLocalhostNodePort Feature = "localhost-nodeport"
 )
 
 // AllFeatures lists every Feature; the table covers each one.
@@ -163,13 +168,16 @@ var AllFeatures = []Feature{
 	FeatClusterIPTCP, FeatClusterIPUDP, FeatClusterIPSCTP, FeatNodePortCluster, FeatNodePortLocal,
 	FeatExternalIPs, FeatLoadBalancer, FeatAffinity, FeatInternalLocal, FeatNoEndpoints, FeatNotReady,
 	FeatTerminating, FeatHairpin, FeatMasqClusterCIDR, FeatMasqueradeAll, FeatNoMasqueradeCIDR,
-	FeatBothPoliciesLocal, FeatTopologyZone, FeatTopologyNode, FeatBadInput,
+	FeatBothPoliciesLocal, FeatTopologyZone, FeatTopologyNode, FeatBadInput, FeatLocalhostNodePort,
 }
 
 // Source returns the packet's source address, given the scenario's pods.
 func (p Packet) Source(pods []Pod) (netip.Addr, error) {
 	switch p.Origin {
 	case FromNode:
+		if p.Src.IsValid() {
+			return p.Src, nil
+		}
 		return Topology.NodeIP, nil
 	case FromOutside:
 		if p.Src.IsValid() {

@@ -209,5 +209,13 @@ func All() []Scenario {
 				{Name: "the younger service keeps its cluster IP", Origin: FromPod, Proto: proxier.TCP, Dst: ap("10.96.15.3:80"), Expect: reach(false, "10.244.1.2:8080")},
 			},
 		},
+		{
+			Name: "localhost-nodeport", Fixture: "nodeport-cluster.yaml", Node: Topology.NodeName, Config: withCIDR,
+			IPTablesOnly: true,
+			Features:     []Feature{FeatLocalhostNodePort},
+			Packets: []Packet{
+				{Name: "node to 127.0.0.1:node port, masqueraded", Origin: FromNode, Src: netip.MustParseAddr("127.0.0.1"), Proto: proxier.TCP, Dst: ap("127.0.0.1:30080"), Expect: reach(true, two...)},
+			},
+		},
 	}
 }

@@ -92,7 +92,8 @@ func checkPacket(p Packet, pods []Pod, usable map[string]proxier.Protocol) error
 		return fmt.Errorf("bad destination %v", p.Dst)
 	}
 	d := p.Dst.Addr()
-	if !Topology.ServiceCIDR.Contains(d) && !testNet2.Contains(d) && !isNodeAddr(d) && !Topology.ClusterCIDR.Contains(d) {
+	localhost := p.Origin == FromNode && d.IsLoopback()
+	if !Topology.ServiceCIDR.Contains(d) && !testNet2.Contains(d) && !isNodeAddr(d) && !Topology.ClusterCIDR.Contains(d) && !localhost {
 		return fmt.Errorf("destination %v is outside the test ranges", d)
 	}
 	src, err := p.Source(pods)
@@ -102,8 +103,11 @@ func checkPacket(p Packet, pods []Pod, usable map[string]proxier.Protocol) error
 	if p.Origin == FromOutside && !Topology.OutsideNet.Contains(src) {
 		return fmt.Errorf("outside source %v not in %v", src, Topology.OutsideNet)
 	}
-	if p.Src.IsValid() && p.Origin != FromOutside {
-		return errors.New("field Src is only for FromOutside packets")
+	if p.Src.IsValid() && p.Origin != FromOutside && p.Origin != FromNode {
+		return errors.New("field Src is only for FromOutside and FromNode packets")
+	}
+	if p.Origin == FromNode && p.Src.IsValid() && !isNodeAddr(p.Src) && !p.Src.IsLoopback() {
+		return fmt.Errorf("node source %v is not a node or loopback address", p.Src)
 	}
 	if p.From != "" && p.Origin != FromPod {
 		return errors.New("field From is only for FromPod packets")

@@ -27,6 +27,8 @@ func plannerConfig(o *Options, s *settings) planner.Config {
 		MasqueradeBit: int(o.MasqueradeBit),
 		NodePortMin:   s.nodePortRange[0],
 		NodePortMax:   s.nodePortRange[1],
+		// Upstream implements localhost node ports in iptables mode only.
+		LocalhostNodePorts: o.LocalhostNodePorts && o.ProxyMode == ModeIPTables,
 	}
 }
 
