@@ -222,6 +222,34 @@ func newBackend(o *Options, log *slog.Logger) (proxier.Backend, error) {
 	return nil, usageError{fmt.Errorf("unknown proxy mode %q", o.ProxyMode)}
 }
 
+// cleanupOtherModes removes what the other switchyard modes may have left
+// on the node (chains, ipsets, swy-ipvs0, virtual servers), as upstream
+// cleans other modes when it starts. Each mode owns distinct names, so the
+// active mode's state is untouched. Failures are logged: a mode the kernel
+// cannot run (IPVS here) has nothing to clean.
+func cleanupOtherModes(ctx context.Context, o *Options, active proxier.Backend, log *slog.Logger) {
+	for _, mode := range []string{ModeIPTables, ModeIPVS} {
+		if mode == o.ProxyMode {
+			continue
+		}
+		mo := *o
+		mo.ProxyMode = mode
+		b, err := backendFactory(&mo, log)
+		if err != nil {
+			log.Info("no leftovers of another mode to clean", "mode", mode, "reason", err.Error())
+			continue
+		}
+		if b == active || b.Name() == active.Name() {
+			continue
+		}
+		if err := b.Cleanup(ctx); err != nil {
+			log.Info("cleaning another mode's leftovers failed", "mode", mode, "err", err)
+			continue
+		}
+		log.Info("removed what another switchyard mode left (if anything)", "mode", mode)
+	}
+}
+
 // cleanupAll removes what every mode may have left: like kube-proxy's
 // --cleanup, it does not depend on the mode the node ran before.
 func cleanupAll(ctx context.Context, o *Options, log *slog.Logger) error {

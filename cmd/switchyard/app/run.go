@@ -66,6 +66,7 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	})
 	hc := &healthChecks{healthy: obs.healthy, log: log}
 	defer hc.close()
+	var cleanOthers sync.Once
 
 	syncFn := func(ctx context.Context, full bool) (proxier.SyncResult, error) {
 		obs.setNode(tr.Node())
@@ -79,6 +80,10 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 		}
 		obs.programmed(plan)
 		hc.sync(plan.Snapshots)
+		// Once this mode's rules are in place, remove what another
+		// switchyard mode left on the node (a mode switch): doing it after
+		// the first successful sync never leaves the node without rules.
+		cleanOthers.Do(func() { cleanupOtherModes(ctx, o, backend, log) })
 		return res, nil
 	}
 	minSync := o.MinSyncPeriod

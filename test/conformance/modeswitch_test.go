@@ -1,0 +1,74 @@
+package conformance
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/switchyard-proxy/switchyard/test/scenarios"
+)
+
+// ipvsLeftovers is what switchyard's IPVS mode leaves on a node, minus the
+// virtual servers (this kernel has no IPVS; the VM suite covers them): its
+// chains hooked from built-in chains, and an ipset they match.
+const ipvsLeftovers = `*nat
+:SWY-IPVS-SERVICES - [0:0]
+:SWY-IPVS-POSTROUTING - [0:0]
+-A PREROUTING -m comment --comment "switchyard ipvs service portals" -j SWY-IPVS-SERVICES
+-A OUTPUT -m comment --comment "switchyard ipvs service portals" -j SWY-IPVS-SERVICES
+-A POSTROUTING -j SWY-IPVS-POSTROUTING
+-A SWY-IPVS-SERVICES -m set --match-set SWY-CLUSTER-IP dst,dst -j ACCEPT
+COMMIT
+`
+
+// A node that ran the IPVS mode switches to the iptables mode: the first
+// sync succeeds next to the IPVS mode's chains (no "chain busy"), traffic
+// flows, and then the IPVS mode's chains and ipsets are gone.
+func TestModeSwitchFromIPVSLeftovers(t *testing.T) {
+	requireRoot(t)
+	s := scenarioNamed(t, "clusterip-tcp")
+	objs, err := s.Objects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods, err := objs.Pods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newScenarioLab(t, pods)
+	inNode := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("ip", append([]string{"netns", "exec", l.Node}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	inNode("ipset", "create", "SWY-CLUSTER-IP", "hash:ip,port")
+	cmd := exec.Command("ip", "netns", "exec", l.Node, "iptables-restore", "--noflush")
+	cmd.Stdin = strings.NewReader(ipvsLeftovers)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("load IPVS-mode leftovers: %v\n%s", err, out)
+	}
+
+	dir := t.TempDir()
+	yaml, err := s.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeManifest(t, dir, "objects.yaml", yaml)
+	runOnce(t, l, dir, s.Config)
+
+	client := l.Pod(scenarios.Topology.Client.Name)
+	if r, err := l.Dial(client.NS, "tcp", "10.96.0.10:80"); err != nil {
+		t.Fatalf("traffic after the mode switch: %v", err)
+	} else {
+		t.Logf("10.96.0.10:80 answered by %s", r.Name)
+	}
+	if save := inNode("iptables-save"); strings.Contains(save, "SWY-IPVS-") || !strings.Contains(save, "SWY-SERVICES") {
+		t.Errorf("after the switch, want SWY-SERVICES and no SWY-IPVS- chain:\n%s", save)
+	}
+	if sets := inNode("ipset", "list", "-n"); strings.Contains(sets, "SWY-") {
+		t.Errorf("IPVS-mode ipsets left: %s", sets)
+	}
+}
