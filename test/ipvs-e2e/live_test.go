@@ -355,6 +355,42 @@ func TestLive(t *testing.T) {
 			}
 		}
 	})
+
+	// A node switches modes iptables → ipvs → iptables (issue 8): each
+	// first sync cleans what the other mode left, traffic flows after each
+	// step, and the foreign virtual server survives.
+	t.Run("mode switch iptables → ipvs → iptables", func(t *testing.T) {
+		check := func(mode string) {
+			t.Helper()
+			c, _ := requests(t, client.NS, netip.Addr{}, proxier.TCP, "10.96.10.1:80", spreadRequests)
+			expectPods(t, mode+": pod → TCP cluster IP", c, abc, true, false)
+			save := iptablesSave(t, l)
+			vs := ipvsadm(t, l, l.Node)
+			_, linkErr := l.Exec(l.Node, "ip", "link", "show", "swy-ipvs0")
+			sets := l.MustExec(l.Node, "ipset", "list", "-n")
+			switch mode {
+			case "iptables":
+				if strings.Contains(save, "SWY-IPVS-") || linkErr == nil || strings.Contains(sets, "SWY-") || len(vs) != 1 {
+					t.Errorf("iptables mode after ipvs: IPVS-mode leftovers (chains %v, swy-ipvs0 %v, sets %q, virtual servers %d)",
+						strings.Contains(save, "SWY-IPVS-"), linkErr == nil, sets, len(vs))
+				}
+			case "ipvs":
+				if strings.Contains(save, "SWY-SERVICES") || strings.Contains(save, "SWY-SVC-") {
+					t.Errorf("ipvs mode after iptables: iptables-mode chains left:\n%s", save)
+				}
+			}
+			if vs[foreign] == nil {
+				t.Errorf("%s: the foreign virtual server is gone", mode)
+			}
+		}
+		runOnce(t, l, dir, cfg, "--proxy-mode", "iptables")
+		check("iptables")
+		runOnce(t, l, dir, cfg)
+		check("ipvs")
+		runOnce(t, l, dir, cfg, "--proxy-mode", "iptables")
+		check("iptables")
+		switchyard(t, l, append([]string{"--cleanup"}, flags(dir, cfg)...)...)
+	})
 }
 
 // waitIPVS polls the node's `ipvsadm -Ln` until check returns "" (the
