@@ -178,6 +178,16 @@ func goldenCases() map[string][]*proxier.Snapshot {
 	lnp.LocalhostNodePorts = true
 	cases["localhost-nodeports"] = []*proxier.Snapshot{lnp}
 
+	// detect-local-mode InterfaceNamePrefix: pods are what arrives on veth+.
+	ifc := snapshot(proxier.IPv4, func() *proxier.ServicePort {
+		s := svc("default", "web", "http", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", true), ep("10.244.2.5:8080", false))
+		s.NodePort = 30010
+		s.ExternalPolicyLocal = true
+		return s
+	}())
+	ifc.Masquerade.ClusterCIDRs, ifc.Masquerade.PodInterface = nil, "veth+"
+	cases["pod-interface"] = []*proxier.Snapshot{ifc}
+
 	// Dual stack: IPv4 and IPv6 sections.
 	v6 := svc("default", "web", "http", proxier.TCP, "fd00:96::10", 80, ep("[fd00:10:244:1::5]:8080", true), ep("[fd00:10:244:2::5]:8080", false))
 	v6.NodePort = 30010

@@ -225,6 +225,9 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 				for _, c := range cidrs {
 					b.add(ch.ext, "-s "+c.Masked().String(), comment("pod traffic for "+name+" external destinations"), "-j "+shortCircuitChain)
 				}
+				if iface := r.snap.Masquerade.PodInterface; iface != "" {
+					b.add(ch.ext, "-i "+iface, comment("pod traffic for "+name+" external destinations"), "-j "+shortCircuitChain)
+				}
 			}
 			// The node itself picks a local address as source: masquerade it
 			// and let it reach any endpoint.
@@ -273,6 +276,8 @@ func (r *renderer) service(sp *proxier.ServicePort) *serviceRules {
 		switch {
 		case r.snap.Masquerade.All:
 			b.add(chainName, append(match, "-j "+chainMarkMasq)...)
+		case r.snap.Masquerade.PodInterface != "":
+			b.add(chainName, append([]string{"! -i " + r.snap.Masquerade.PodInterface}, append(match, "-j "+chainMarkMasq)...)...)
 		case len(cidrs) == 1:
 			b.add(chainName, append([]string{"! -s " + cidrs[0].Masked().String()}, append(match, "-j "+chainMarkMasq)...)...)
 		case len(cidrs) > 1:

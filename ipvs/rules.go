@@ -95,6 +95,9 @@ func (r *familyRenderer) rules() FamilyRules {
 	for _, c := range masq.ClusterCIDRs {
 		w.rule(chainPrerouting, join([]string{"-s", c.String()}, comment("pod traffic"), []string{"-j", chainETPLocal})...)
 	}
+	if masq.PodInterface != "" {
+		w.rule(chainPrerouting, join([]string{"-i", masq.PodInterface}, comment("pod traffic"), []string{"-j", chainETPLocal})...)
+	}
 	marks := slices.Clone(r.marks)
 	slices.SortFunc(marks, func(a, b etpMark) int {
 		if c := a.addr.Compare(b.addr); c != 0 {
@@ -131,6 +134,8 @@ func (r *familyRenderer) rules() FamilyRules {
 	switch {
 	case masq.All:
 		w.rule(chainServices, join(comment("masquerade all cluster IP traffic"), clusterSet, []string{"-j", chainMarkMasq})...)
+	case masq.PodInterface != "":
+		w.rule(chainServices, join([]string{"!", "-i", masq.PodInterface}, comment("cluster IP traffic from outside the pods' interfaces"), clusterSet, []string{"-j", chainMarkMasq})...)
 	case len(masq.ClusterCIDRs) == 1:
 		w.rule(chainServices, join([]string{"!", "-s", masq.ClusterCIDRs[0].String()}, comment("cluster IP traffic from outside the cluster CIDR"), clusterSet, []string{"-j", chainMarkMasq})...)
 	case len(masq.ClusterCIDRs) > 1:

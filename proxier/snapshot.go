@@ -298,9 +298,16 @@ func (p *ServicePort) ShortCircuitEndpoints() []Endpoint { return p.Endpoints(p.
 type MasqueradeConfig struct {
 	// All masquerades every packet sent to a cluster IP (--masquerade-all).
 	All bool
-	// ClusterCIDRs of this family: traffic to a cluster IP from outside
-	// them is masqueraded. Empty means off-cluster detection is off.
+	// ClusterCIDRs of this family select pod traffic by source address
+	// (detect-local-mode ClusterCIDR: --cluster-cidr; NodeCIDR: the Node's
+	// spec.podCIDRs): traffic to a cluster IP from outside them is
+	// masqueraded, and from inside them it takes the externalTrafficPolicy
+	// short-circuit. Empty (and no PodInterface) means detection is off.
 	ClusterCIDRs []netip.Prefix
+	// PodInterface selects pod traffic by input interface instead, in
+	// iptables' -i syntax (detect-local-mode BridgeInterface: the bridge's
+	// name; InterfaceNamePrefix: the prefix followed by "+").
+	PodInterface string `json:",omitempty"`
 	// MarkBit is the fwmark bit used to flag packets for masquerading
 	// (0-31, default 14 as in kube-proxy).
 	MarkBit int

@@ -42,6 +42,8 @@ type NodeInfo struct {
 	IPs []netip.Addr
 	// NodePortAddresses says, per family, where node ports answer.
 	NodePortAddresses map[proxier.IPFamily]proxier.NodePortAddresses
+	// PodCIDRs are the Node's spec.podCIDRs (detect-local-mode NodeCIDR).
+	PodCIDRs []netip.Prefix
 }
 
 // Config is the node-wide configuration that shapes a plan.
@@ -61,6 +63,43 @@ type Config struct {
 	// LocalhostNodePorts lets node ports answer on 127.0.0.0/8 from the
 	// node (--iptables-localhost-nodeports, upstream's default true).
 	LocalhostNodePorts bool
+	// DetectLocal says how pod traffic is told apart (--detect-local-mode).
+	DetectLocal DetectLocal
+}
+
+// Detect-local modes, upstream's names (--detect-local-mode).
+const (
+	LocalModeClusterCIDR         = "ClusterCIDR"
+	LocalModeNodeCIDR            = "NodeCIDR"
+	LocalModeBridgeInterface     = "BridgeInterface"
+	LocalModeInterfaceNamePrefix = "InterfaceNamePrefix"
+)
+
+// DetectLocal is upstream's detectLocalMode with its parameters.
+type DetectLocal struct {
+	// Mode is one of the LocalMode constants; "" means ClusterCIDR.
+	Mode string
+	// BridgeInterface is the pods' bridge (BridgeInterface mode).
+	BridgeInterface string
+	// InterfaceNamePrefix prefixes the pods' interfaces (InterfaceNamePrefix mode).
+	InterfaceNamePrefix string
+}
+
+// podTraffic returns how a family's pod traffic is recognised: by source
+// prefixes or by input interface.
+func (c *Config) podTraffic(fam proxier.IPFamily) ([]netip.Prefix, string) {
+	switch c.DetectLocal.Mode {
+	case LocalModeNodeCIDR:
+		return filterPrefixes(c.Node.PodCIDRs, fam), ""
+	case LocalModeBridgeInterface:
+		return nil, c.DetectLocal.BridgeInterface
+	case LocalModeInterfaceNamePrefix:
+		if c.DetectLocal.InterfaceNamePrefix == "" {
+			return nil, ""
+		}
+		return nil, c.DetectLocal.InterfaceNamePrefix + "+"
+	}
+	return filterPrefixes(c.ClusterCIDRs, fam), ""
 }
 
 // Defaults fills unset fields with kube-proxy's defaults.
@@ -187,11 +226,11 @@ func Assemble(plans []*ServicePlan, cfg *Config) ([]*proxier.Snapshot, []Problem
 			NodeIPs:           filterAddrs(cfg.Node.IPs, fam),
 			NodePortAddresses: cfg.Node.NodePortAddresses[fam],
 			Masquerade: proxier.MasqueradeConfig{
-				All:          cfg.MasqueradeAll,
-				ClusterCIDRs: filterPrefixes(cfg.ClusterCIDRs, fam),
-				MarkBit:      cfg.MasqueradeBit,
+				All:     cfg.MasqueradeAll,
+				MarkBit: cfg.MasqueradeBit,
 			},
 		}
+		snap.Masquerade.ClusterCIDRs, snap.Masquerade.PodInterface = cfg.podTraffic(fam)
 		if cfg.Node.NodePortAddresses == nil {
 			snap.NodePortAddresses.All = true
 		}

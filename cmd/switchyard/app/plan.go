@@ -29,7 +29,28 @@ func plannerConfig(o *Options, s *settings) planner.Config {
 		NodePortMax:   s.nodePortRange[1],
 		// Upstream implements localhost node ports in iptables mode only.
 		LocalhostNodePorts: o.LocalhostNodePorts && o.ProxyMode == ModeIPTables,
+		DetectLocal: planner.DetectLocal{Mode: o.DetectLocalMode, BridgeInterface: o.PodBridgeInterface,
+			InterfaceNamePrefix: o.PodInterfaceNamePrefix},
 	}
+}
+
+// podCIDRs reads the Node's spec.podCIDRs (or spec.podCIDR), for
+// --detect-local-mode=NodeCIDR; invalid entries are logged and skipped.
+func podCIDRs(node *corev1.Node, log *slog.Logger) []netip.Prefix {
+	raw := node.Spec.PodCIDRs
+	if len(raw) == 0 && node.Spec.PodCIDR != "" {
+		raw = []string{node.Spec.PodCIDR}
+	}
+	var out []netip.Prefix
+	for _, c := range raw {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			log.Warn("Node spec.podCIDRs entry is not a CIDR; ignored", "node", node.Name, "value", c)
+			continue
+		}
+		out = append(out, p.Masked())
+	}
+	return out
 }
 
 // nodeResolver returns the function that turns the Node object into the
@@ -41,6 +62,7 @@ func nodeResolver(s *settings, localAddrs func(nodeIPs []netip.Addr) []netip.Add
 		info := planner.NodeInfo{Name: s.nodeName}
 		if node != nil {
 			info.Zone = node.Labels[corev1.LabelTopologyZone]
+			info.PodCIDRs = podCIDRs(node, log)
 		}
 		info.IPs = nodeport.NodeIPs(node, s.nodeIPs)
 		local := localAddrs(info.IPs)
@@ -192,6 +214,8 @@ func writePlan(w io.Writer, snaps []*proxier.Snapshot, problems []planner.Proble
 		switch m := snap.Masquerade; {
 		case m.All:
 			sv.Masquerade = fmt.Sprintf("all traffic to cluster IPs (mark 0x%x)", m.Mark())
+		case m.PodInterface != "":
+			sv.Masquerade = fmt.Sprintf("traffic not from interface %s (mark 0x%x)", m.PodInterface, m.Mark())
 		case len(m.ClusterCIDRs) > 0:
 			sv.Masquerade = fmt.Sprintf("sources outside %v (mark 0x%x)", m.ClusterCIDRs, m.Mark())
 		default:
