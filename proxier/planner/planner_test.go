@@ -531,3 +531,15 @@ func TestUnusableClusterIPsRejected(t *testing.T) {
 		}
 	}
 }
+
+// A cluster IP in a family the node does not proxy is reported, not
+// silently dropped.
+func TestUnservedFamilyReported(t *testing.T) {
+	s := svc("web", func(s *corev1.Service) {
+		s.Spec.ClusterIPs = []string{s.Spec.ClusterIP, "fd00:96::10"}
+	})
+	_, problems := Plan(Objects{Services: []*corev1.Service{s}}, testConfig())
+	if len(problems) != 1 || !strings.Contains(problems[0].Reason, "cluster IP fd00:96::10 is not served: this node proxies IPv4 only") {
+		t.Errorf("problems %v", problems)
+	}
+}

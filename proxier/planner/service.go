@@ -125,6 +125,7 @@ func PlanService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, cfg *
 	}
 
 	endpointsByFamily := p.collectEndpoints(slices, cfg)
+	unservedFamily := map[proxier.IPFamily]bool{}
 	seenPorts := map[string]bool{}
 	for i := range spec.Ports {
 		port := &spec.Ports[i]
@@ -154,6 +155,10 @@ func PlanService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, cfg *
 		for _, cip := range clusterIPs {
 			fam := proxier.FamilyOf(cip)
 			if !cfg.HasFamily(fam) {
+				if !unservedFamily[fam] {
+					unservedFamily[fam] = true
+					p.problem("cluster IP %s is not served: this node proxies %s only (the kernel or its tools lack %s)", cip, familyList(cfg.Families), fam)
+				}
 				continue
 			}
 			sp := &proxier.ServicePort{
@@ -179,6 +184,14 @@ func PlanService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, cfg *
 		}
 	}
 	return p
+}
+
+func familyList(fams []proxier.IPFamily) string {
+	var parts []string
+	for _, f := range fams {
+		parts = append(parts, f.String())
+	}
+	return strings.Join(parts, " and ")
 }
 
 // externallyAccessible mirrors upstream: NodePort and LoadBalancer services,

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -45,6 +46,11 @@ type Options struct {
 	Config planner.Config
 	// ResolveNode computes node information; nil uses the node's name only.
 	ResolveNode NodeResolver
+	// SupportedFamilies are the IP families the kernel can proxy. As
+	// upstream, every supported family is planned (dual-stack when the
+	// kernel has both), with the family of the node's first address as
+	// the primary. Nil plans the families of the node's addresses.
+	SupportedFamilies []proxier.IPFamily
 	// Hooks are optional callbacks.
 	Hooks Hooks
 	// Log receives one line per newly found problem.
@@ -254,7 +260,7 @@ func (t *Tracker) Plan(full bool) Result {
 		}
 		fams := t.opts.Config.Families
 		if len(fams) == 0 {
-			fams = familiesOf(info.IPs)
+			fams = familiesFor(info.IPs, t.opts.SupportedFamilies)
 		}
 		if !reflect.DeepEqual(info, t.cfg.Node) || !reflect.DeepEqual(fams, t.cfg.Families) || !t.planned {
 			t.cfg.Node = info
@@ -446,6 +452,26 @@ func (t *Tracker) logProblems(problems []planner.Problem) {
 		}
 	}
 	t.logged = now
+}
+
+// familiesFor returns the supported families with the family of the
+// node's first address first (the families of the addresses when supported
+// is empty).
+func familiesFor(addrs []netip.Addr, supported []proxier.IPFamily) []proxier.IPFamily {
+	if len(supported) == 0 {
+		return familiesOf(addrs)
+	}
+	primary := supported[0]
+	if len(addrs) > 0 && slices.Contains(supported, proxier.FamilyOf(addrs[0])) {
+		primary = proxier.FamilyOf(addrs[0])
+	}
+	out := []proxier.IPFamily{primary}
+	for _, f := range supported {
+		if f != primary && !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // familiesOf returns the families of addrs, primary (first) first; IPv4

@@ -187,3 +187,36 @@ func TestSyncedAndSliceRelabel(t *testing.T) {
 		t.Errorf("svc-2 did not get the moved endpoints: %+v", sp)
 	}
 }
+
+// As upstream, the kernel's families are planned (dual-stack when it has
+// both), the node's first address picking the primary: the IPv6 cluster IP
+// of a dual-stack Service is proxied on a node that lists only an IPv4
+// address.
+func TestFamiliesFromKernelSupport(t *testing.T) {
+	both := []proxier.IPFamily{proxier.IPv4, proxier.IPv6}
+	v4, v6 := netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("fd00::10")
+	for _, tc := range []struct {
+		addrs     []netip.Addr
+		supported []proxier.IPFamily
+		want      []proxier.IPFamily
+	}{
+		{[]netip.Addr{v4}, both, both},
+		{[]netip.Addr{v6, v4}, both, []proxier.IPFamily{proxier.IPv6, proxier.IPv4}},
+		{[]netip.Addr{v6}, []proxier.IPFamily{proxier.IPv4}, []proxier.IPFamily{proxier.IPv4}},
+		{nil, both, both},
+		{[]netip.Addr{v6}, nil, []proxier.IPFamily{proxier.IPv6}},
+	} {
+		if got := familiesFor(tc.addrs, tc.supported); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("familiesFor(%v, %v) = %v, want %v", tc.addrs, tc.supported, got, tc.want)
+		}
+	}
+	tr := New(Options{ResolveNode: resolver("10.0.0.10"), SupportedFamilies: both})
+	svc := service(1)
+	svc.Spec.ClusterIPs = []string{svc.Spec.ClusterIP, "fd00:96::1"}
+	tr.OnService(svc, false)
+	tr.OnSynced()
+	res := tr.Plan(false)
+	if len(res.Snapshots) != 2 || res.Snapshots[1].Family != proxier.IPv6 || len(res.Snapshots[1].Services) != 1 {
+		t.Fatalf("want the IPv6 cluster IP planned on an IPv4-addressed node: %+v", res.Snapshots)
+	}
+}

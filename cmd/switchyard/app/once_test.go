@@ -36,7 +36,10 @@ func useBackend(t *testing.T, b proxier.Backend) {
 	// In-process runs must never change the host's sysctls.
 	oldSetup := nodeSetup
 	nodeSetup = func(*Options, *slog.Logger) error { return nil }
-	t.Cleanup(func() { backendFactory, nodeSetup = old, oldSetup })
+	// The node's address families, not the host kernel's, decide.
+	oldFams := kernelFamilies
+	kernelFamilies = func(context.Context, *slog.Logger) []proxier.IPFamily { return nil }
+	t.Cleanup(func() { backendFactory, nodeSetup, kernelFamilies = old, oldSetup, oldFams })
 }
 
 func TestOnceExitCodes(t *testing.T) {

@@ -57,7 +57,10 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	tr := tracker.New(tracker.Options{
 		Config:      plannerConfig(o, s),
 		ResolveNode: nodeResolver(s, localAddresses(log), log),
-		Log:         log,
+		// As upstream: every family the kernel can proxy (dual-stack when
+		// it has both), the node's first address picking the primary.
+		SupportedFamilies: kernelFamilies(ctx, log),
+		Log:               log,
 		Hooks: tracker.Hooks{
 			OnChange:              func() { r.Trigger() },
 			OnServiceChange:       obs.serviceChanged,
