@@ -206,6 +206,17 @@ func (t *Tracker) OnNode(node *corev1.Node, deleted bool) {
 	t.changed(nil)
 }
 
+// NodeAddressesChanged asks for the node information to be resolved again
+// at the next plan (the node's interface addresses changed, so the
+// addresses --nodeport-addresses selects may have). Nothing is re-planned
+// when the result is the same.
+func (t *Tracker) NodeAddressesChanged() {
+	t.mu.Lock()
+	t.nodeDirty = true
+	t.mu.Unlock()
+	t.changed(nil)
+}
+
 // OnPod implements proxier.Sink.
 func (t *Tracker) OnPod(pod *corev1.Pod, deleted bool) {
 	k := key(pod.Namespace, pod.Name)

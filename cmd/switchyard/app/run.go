@@ -98,6 +98,9 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- runSource(ctx, o, s, tr, log) }()
+	if !o.Once {
+		go watchAddresses(ctx, tr.NodeAddressesChanged, log)
+	}
 
 	// Wait for the source's initial state: a restart must never program a
 	// partial view of the cluster.
