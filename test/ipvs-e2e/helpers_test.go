@@ -1,15 +1,12 @@
 package ipvse2e
 
 import (
-	"bufio"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -19,7 +16,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/switchyard-proxy/switchyard/proxier"
 	"github.com/switchyard-proxy/switchyard/test/echo"
@@ -108,26 +104,6 @@ func switchyardBinary(t testing.TB) string {
 	return switchyardBuild.path
 }
 
-// inNS runs fn on a locked OS thread inside network namespace ns. Sockets
-// fn creates stay in ns.
-func inNS(ns string, fn func() error) error {
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer target.Close()
-	ch := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := netns.Set(target); err != nil {
-			ch <- fmt.Errorf("enter namespace %s: %w", ns, err)
-			return
-		}
-		ch <- fn()
-	}()
-	return <-ch
-}
-
 // newLab builds a lab for a fixture's pods (plus extra ones) with every
 // outside client address the scenario table uses, and serves each pod's
 // ports with an in-process echo server (no swy-echo build in the VM).
@@ -163,7 +139,7 @@ func newLab(t *testing.T, pods []scenarios.Pod) *lab.Lab {
 func startEcho(t *testing.T, ns, name string, tcp, udp []uint16) {
 	t.Helper()
 	var s *echo.Server
-	err := inNS(ns, func() error {
+	err := lab.InNS(ns, func() error {
 		var err error
 		s, err = echo.Listen(name, tcp, udp)
 		return err
@@ -492,104 +468,6 @@ func diffLines(a, b []string) []string {
 		}
 	}
 	return out
-}
-
-// conn is an open TCP connection to a line server (see startLineServer).
-type conn struct {
-	c net.Conn
-	r *bufio.Reader
-}
-
-// dialConn opens a TCP connection from namespace ns to addr.
-func dialConn(ns string, addr netip.AddrPort) (*conn, error) {
-	var c net.Conn
-	err := inNS(ns, func() error {
-		var err error
-		c, err = (&net.Dialer{Timeout: 3 * time.Second}).Dial("tcp", addr.String())
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("dial %s from %s: %w", addr, ns, err)
-	}
-	return &conn{c: c, r: bufio.NewReader(c)}, nil
-}
-
-// ask sends one line and returns the name of the server that answered.
-func (c *conn) ask() (string, error) {
-	if err := c.c.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
-		return "", err
-	}
-	if _, err := c.c.Write([]byte("ping\n")); err != nil {
-		return "", fmt.Errorf("send: %w", err)
-	}
-	line, err := c.r.ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("read: %w", err)
-	}
-	r, err := echo.ParseReply(line)
-	if err != nil {
-		return "", err
-	}
-	return r.Name, nil
-}
-
-func (c *conn) Close() error { return c.c.Close() }
-
-// startLineServer serves TCP port in ns: each connection stays open and
-// gets one echo reply line per line it sends (the echo package's server
-// closes after one reply; graceful termination needs a long connection).
-func startLineServer(t *testing.T, ns, name string, port uint16) {
-	t.Helper()
-	var ln net.Listener
-	err := inNS(ns, func() error {
-		var err error
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	})
-	if err != nil {
-		t.Fatalf("line server %s: %v", name, err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				peer, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-				r := bufio.NewReader(c)
-				for {
-					if _, err := r.ReadString('\n'); err != nil {
-						return
-					}
-					reply := echo.Reply{Name: name, Peer: netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())}
-					if _, err := c.Write([]byte(reply.String() + "\n")); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
 }
 
 // poll calls cond until it returns "" or the deadline passes; then it

@@ -2,7 +2,6 @@ package ipvse2e
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -232,15 +231,15 @@ func TestLive(t *testing.T) {
 
 	const long = "TCP 10.96.10.3:9000 rr"
 	longDest := func(p scenarios.Pod) string { return p.IP.String() + ":9000" }
-	var open *conn
+	var open *lab.Conn
 	var kept, other scenarios.Pod // the endpoint of the open connection, and the other one
 	t.Run("graceful termination", func(t *testing.T) {
 		var err error
-		open, err = dialConn(client.NS, netip.MustParseAddrPort("10.96.10.3:9000"))
+		open, err = lab.DialConn(client.NS, netip.MustParseAddrPort("10.96.10.3:9000"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		name, err := open.ask()
+		name, err := open.Ask()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -258,7 +257,7 @@ func TestLive(t *testing.T) {
 		if d, ok := findDest(vs, long, longDest(other)); !ok || d.Weight != 1 {
 			t.Errorf("remaining real server %s: %+v (present %v), want weight 1", longDest(other), d, ok)
 		}
-		if got, err := open.ask(); err != nil || got != kept.Name {
+		if got, err := open.Ask(); err != nil || got != kept.Name {
 			t.Errorf("the open connection to the removed endpoint: answer %q, %v; want %s to keep answering", got, err, kept.Name)
 		}
 		counts := connect(t, client.NS, "10.96.10.3:9000", 6)
@@ -291,10 +290,10 @@ func TestLive(t *testing.T) {
 			}
 			return ""
 		})
-		if got, err := open.ask(); err != nil || got != kept.Name {
+		if got, err := open.Ask(); err != nil || got != kept.Name {
 			t.Errorf("the open connection: answer %q, %v; want %s", got, err, kept.Name)
 		}
-		if err := closeRST(open); err != nil {
+		if err := open.CloseRST(); err != nil {
 			t.Fatal(err)
 		}
 		open = nil
@@ -334,7 +333,7 @@ func TestLive(t *testing.T) {
 	t.Run("cleanup", func(t *testing.T) {
 		sy.proc.Stop()
 		if open != nil {
-			_ = closeRST(open)
+			_ = open.CloseRST()
 		}
 		switchyard(t, l, append([]string{"--cleanup"}, flags(dir, cfg)...)...)
 		if out, err := l.Exec(l.Node, "ip", "link", "show", "swy-ipvs0"); err == nil {
@@ -413,13 +412,13 @@ func connect(t *testing.T, ns, dst string, n int) map[string]int {
 	t.Helper()
 	counts := map[string]int{}
 	for i := 0; i < n; i++ {
-		c, err := dialConn(ns, netip.MustParseAddrPort(dst))
+		c, err := lab.DialConn(ns, netip.MustParseAddrPort(dst))
 		if err != nil {
 			t.Errorf("connection %d: %v", i+1, err)
 			continue
 		}
-		name, err := c.ask()
-		_ = closeRST(c)
+		name, err := c.Ask()
+		_ = c.CloseRST()
 		if err != nil {
 			t.Errorf("connection %d: %v", i+1, err)
 			continue
@@ -455,8 +454,8 @@ func liveLab(t *testing.T) *lab.Lab {
 		pods = append(pods, p)
 	}
 	l := newLab(t, append(pods, client))
-	startLineServer(t, l.Pod(podA.Name).NS, podA.Name, 9000)
-	startLineServer(t, l.Pod(podB.Name).NS, podB.Name, 9000)
+	lab.StartLineServer(t, l.Pod(podA.Name).NS, podA.Name, 9000)
+	lab.StartLineServer(t, l.Pod(podB.Name).NS, podB.Name, 9000)
 	return l
 }
 
@@ -493,15 +492,4 @@ func expectPods(t *testing.T, what string, counts map[string]int, allowed []stri
 		t.Errorf("%s: want one endpoint for one client, got %s", what, fmtCounts(counts))
 	}
 	t.Logf("%s: %s", what, fmtCounts(counts))
-}
-
-// closeRST closes c with a TCP reset, so IPVS expires its connection entry
-// after the short CLOSE timeout (10 s) instead of TIME_WAIT's 2 minutes.
-func closeRST(c *conn) error {
-	if tc, ok := c.c.(*net.TCPConn); ok {
-		if err := tc.SetLinger(0); err != nil {
-			return err
-		}
-	}
-	return c.Close()
 }
