@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -204,9 +205,13 @@ func (s *Source) read() (objectSet, time.Time, error) {
 		switch {
 		case f.broken && hadPrev:
 			kept := keepMissing(f, prev)
-			if n := len(kept.entries) - len(f.entries); n > 0 {
-				s.log.Warn("manifest file has documents that do not load; keeping the last good version of the objects they held until it does",
-					"file", f.path, "kept", n)
+			if extra := kept.entries[len(f.entries):]; len(extra) > 0 {
+				names := make([]string, 0, min(len(extra), 10))
+				for _, e := range extra[:min(len(extra), 10)] {
+					names = append(names, e.key.String())
+				}
+				s.log.Warn("manifest file has documents that do not load; keeping the last good version of the objects it no longer loads until it does",
+					"file", f.path, "kept", len(extra), "objects", strings.Join(names, ", "))
 			}
 			files[i] = kept
 			s.lastGood[f.path] = fileResult{path: f.path, entries: kept.entries, docs: kept.docs}
