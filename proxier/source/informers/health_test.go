@@ -105,7 +105,6 @@ func TestHealthIgnoresNormalWatchEnds(t *testing.T) {
 	h := newHealth(slog.New(slog.NewTextHandler(logs, nil)), func(context.Context) error { return nil }, time.Millisecond)
 	h.report("*v1.Service", io.EOF)
 	h.report("*v1.Service", apierrors.NewResourceExpired("too old resource version"))
-	h.report("*v1.Service", apierrors.NewGone("gone"))
 	if h.Failing() || logs.String() != "" {
 		t.Fatalf("normal watch ends reported as failures: %s", logs)
 	}
