@@ -61,7 +61,13 @@ func describe(t *testing.T, snaps []*proxier.Snapshot, st *State) string {
 			index[sp.Name.String()] = fmt.Sprintf("svc%d", i)
 		}
 	}
-	marks := map[uint32]string{}
+	// Marks are per family (the kernel keys fwmark services by family and
+	// mark; each family has its own mangle table).
+	type famMark struct {
+		f proxier.IPFamily
+		m uint32
+	}
+	marks := map[famMark]string{}
 	var servers []string
 	for _, v := range st.Servers {
 		who, ok := index[v.Service]
@@ -70,7 +76,7 @@ func describe(t *testing.T, snaps []*proxier.Snapshot, st *State) string {
 		}
 		k := v.Key
 		if k.FWMark != 0 {
-			marks[k.FWMark] = who
+			marks[famMark{k.Family, k.FWMark}] = who
 			k.FWMark = 1
 		}
 		servers = append(servers, fmt.Sprintf("%v %s sched=%s persistent=%v/%d dests=%v", k, who, v.Scheduler, v.Persistent, v.Timeout, v.Dests))
@@ -92,10 +98,11 @@ func describe(t *testing.T, snaps []*proxier.Snapshot, st *State) string {
 		}
 		text = xmark.ReplaceAllStringFunc(text, func(m string) string {
 			v, err := strconv.ParseUint(xmark.FindStringSubmatch(m)[1], 0, 32)
-			if err != nil || marks[uint32(v)] == "" {
-				t.Fatalf("mark rule %q matches no fwmark virtual server", m)
+			who := marks[famMark{fr.Family, uint32(v)}]
+			if err != nil || who == "" {
+				t.Fatalf("%v mark rule %q matches no fwmark virtual server", fr.Family, m)
 			}
-			return "--set-xmark " + marks[uint32(v)]
+			return "--set-xmark " + who
 		})
 		fmt.Fprintf(&b, "%v %v\n%s", fr.Family, fr.Chains, text)
 	}
