@@ -3,6 +3,7 @@ package iptables
 import (
 	"crypto/sha256"
 	"encoding/base32"
+	"strings"
 
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
@@ -36,9 +37,20 @@ const (
 )
 
 // portKey is the string the per-service-port chain hashes are taken of:
-// "ns/name:port/proto".
+// "ns/name:port/proto". Each part has its separators escaped (see
+// keyPart), so two different service ports never share a key, whatever
+// their names hold; for valid names the parts are unchanged.
 func portKey(n proxier.ServicePortName) string {
-	return n.Namespace + "/" + n.Name + ":" + n.Port + "/" + n.Protocol.Lower()
+	return keyPart(n.Namespace) + "/" + keyPart(n.Name) + ":" + keyPart(n.Port) + "/" + n.Protocol.Lower()
+}
+
+// keyPart escapes the key separators "/" and ":" and the escape character
+// "%" as %2F, %3A and %25. Valid Kubernetes names hold none of them.
+func keyPart(s string) string {
+	if !strings.ContainsAny(s, "/:%") {
+		return s
+	}
+	return strings.NewReplacer("%", "%25", "/", "%2F", ":", "%3A").Replace(s)
 }
 
 // hash16 returns the first 16 characters of the base32 encoding of the

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/switchyard-proxy/switchyard/internal/ruletext"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -65,10 +66,11 @@ func (r *ruleBuf) add(chainName string, parts ...string) {
 	r.n++
 }
 
-// comment returns the comment match for text; switchyard's comments never
-// hold a double quote, so quoting is plain.
+// comment returns the comment match for text. Object names reach rules
+// only through here: ruletext.Comment keeps valid names readable and
+// escapes anything else, so the quoted text can never end early.
 func comment(text string) string {
-	return `-m comment --comment "` + text + `"`
+	return `-m comment --comment "` + ruletext.Comment(text) + `"`
 }
 
 // renderer renders one Snapshot. It holds the snapshot-wide settings.

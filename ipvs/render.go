@@ -255,10 +255,9 @@ func (r *familyRenderer) render() error {
 	fam := r.snap.Family
 	for _, sp := range r.snap.Services {
 		sched := r.opts.Scheduler
-		if sp.Scheduler != "" {
-			if !validScheduler(sp.Scheduler) {
-				return fmt.Errorf("ipvs: service %s: unknown scheduler %q", sp.Name, sp.Scheduler)
-			}
+		// An unknown annotation value (it comes from the object) falls
+		// back to the default rather than fail every service's sync.
+		if validScheduler(sp.Scheduler) {
 			sched = sp.Scheduler
 		}
 		proto, port := sp.Protocol, sp.Port

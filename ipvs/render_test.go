@@ -197,11 +197,22 @@ func TestRenderAddressKindsAndEndpoints(t *testing.T) {
 	}
 }
 
-func TestRenderRejectsUnknownScheduler(t *testing.T) {
+func TestRenderUnknownScheduler(t *testing.T) {
+	// An unknown annotation value falls back to the default scheduler: one
+	// object must not fail every other service's sync.
 	s := richSnapshot()
-	s.Services[0].Scheduler = "nope"
-	if _, err := Render([]*proxier.Snapshot{s}, RenderOptions{}); err == nil || !strings.Contains(err.Error(), "nope") {
-		t.Fatalf("err = %v", err)
+	s.Services[0].Scheduler = "nope\" -j ACCEPT"
+	st, err := Render([]*proxier.Snapshot{s}, RenderOptions{Scheduler: "wlc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range st.Servers {
+		if v.Service == s.Services[0].Name.String() && v.Scheduler != "wlc" {
+			t.Errorf("%s: scheduler %q, want the default wlc", v.Service, v.Scheduler)
+		}
+	}
+	if _, err := Render([]*proxier.Snapshot{s}, RenderOptions{Scheduler: "nope"}); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Fatalf("unknown default scheduler: err = %v", err)
 	}
 	if _, err := New(Config{Scheduler: "bogus"}); err == nil {
 		t.Fatal("New accepted an unknown scheduler")

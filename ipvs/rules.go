@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/switchyard-proxy/switchyard/internal/ruletext"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -72,7 +73,11 @@ func (w *rulesWriter) rule(chain string, args ...string) {
 	w.b.WriteString("\n")
 }
 
-func comment(text string) []string { return []string{"-m", "comment", "--comment", text} }
+// comment returns the comment match for text, escaped by ruletext.Comment
+// (object names reach these rules only through here).
+func comment(text string) []string {
+	return []string{"-m", "comment", "--comment", ruletext.Comment(text)}
+}
 
 func set(name, dirs string) []string { return []string{"-m", "set", "--match-set", name, dirs} }
 

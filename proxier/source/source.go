@@ -1,7 +1,8 @@
 // Package source holds what switchyard's two object sources (client-go
 // informers and the manifest folder) share: which objects this proxy is
 // responsible for, the label selector that narrows the API server's lists,
-// and the API server's defaults for objects read from disk.
+// and the API server's defaults and validation for objects read from disk
+// (Default*, Validate*).
 package source
 
 import (

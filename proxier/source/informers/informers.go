@@ -22,10 +22,15 @@ import (
 	"github.com/switchyard-proxy/switchyard/proxier/source"
 )
 
+// probeInterval is how often a failing API server is probed (tests shorten it).
+var probeInterval = DefaultProbeInterval
+
 // Run starts informers for the Services and EndpointSlices this proxy is
 // responsible for (proxyName, see source.Selected), the Node named
 // nodeName and the Pods whose spec.nodeName is nodeName, and delivers
-// their events to sink. It calls sink.OnSynced once every informer has
+// their events to sink. A list or watch that fails (the API server is away,
+// a watch breaks) is logged at WARN once and its recovery at INFO (see
+// health). It calls sink.OnSynced once every informer has
 // listed and its initial objects have reached the sink. Run blocks until
 // ctx ends, stops the informers, and returns nil; it returns an error only
 // if it cannot set up the informers.
@@ -91,6 +96,31 @@ func Run(ctx context.Context, client kubernetes.Interface, nodeName, proxyName s
 		sink.OnPod)); err != nil {
 		return err
 	}
+
+	// Watch failures are logged at WARN once, and their end at INFO.
+	h := newHealth(log, func(ctx context.Context) error {
+		l, err := client.CoreV1().Services("").List(ctx, metav1.ListOptions{LabelSelector: selector, Limit: 1})
+		if err != nil {
+			return fmt.Errorf("list services: %w", err)
+		}
+		timeout := int64(1)
+		w, err := client.CoreV1().Services("").Watch(ctx, metav1.ListOptions{LabelSelector: selector,
+			ResourceVersion: l.ResourceVersion, TimeoutSeconds: &timeout})
+		if err != nil {
+			return fmt.Errorf("watch services: %w", err)
+		}
+		w.Stop()
+		return nil
+	}, probeInterval)
+	for _, inf := range []cache.SharedIndexInformer{
+		services.Core().V1().Services().Informer(), services.Discovery().V1().EndpointSlices().Informer(),
+		nodes.Core().V1().Nodes().Informer(), pods.Core().V1().Pods().Informer(),
+	} {
+		if err := inf.SetWatchErrorHandlerWithContext(h.onError); err != nil {
+			return fmt.Errorf("informers: set watch error handler: %w", err)
+		}
+	}
+	go h.run(ctx)
 
 	services.StartWithContext(ctx)
 	nodes.StartWithContext(ctx)

@@ -93,14 +93,23 @@ type entry struct {
 	loc *DocError // File, Doc, Line, Item filled; Err nil
 }
 
+// ErrUnsupportedKind is wrapped by the reason of a document skipped
+// because it holds a kind switchyard does not read (a Deployment next to
+// its Service, say). Such a document is expected, not a broken one.
+var ErrUnsupportedKind = errors.New("unsupported kind")
+
 // fileResult is everything read from one file.
 type fileResult struct {
 	path    string
 	entries []entry
 	errs    []error
-	// unparsable is true when some document is not valid YAML, as happens
-	// while a file is being written.
-	unparsable bool
+	// docs counts the file's non-empty documents; 0 for an empty file.
+	docs int
+	// broken is true when some document was skipped for a reason other
+	// than ErrUnsupportedKind (invalid YAML, a decode error, an invalid
+	// object) or the file could not be read: what a half-written file or a
+	// bad edit looks like.
+	broken bool
 }
 
 var (
@@ -186,7 +195,9 @@ func blank(data []byte) bool {
 // parseFile decodes every document of one file.
 func parseFile(path string, data []byte) fileResult {
 	res := fileResult{path: path}
-	for _, doc := range splitDocuments(data) {
+	docs := splitDocuments(data)
+	res.docs = len(docs)
+	for _, doc := range docs {
 		loc := DocError{File: path, Doc: doc.index, Line: doc.line}
 		js, err := yaml.YAMLToJSONStrict(doc.data)
 		if err != nil {
@@ -196,7 +207,6 @@ func parseFile(path string, data []byte) fileResult {
 				res.warn(loc, fmt.Errorf("duplicate key: %w", err))
 				js = js2
 			} else {
-				res.unparsable = true
 				res.skip(loc, fmt.Errorf("invalid YAML: %w", err))
 				continue
 			}
@@ -210,6 +220,9 @@ func parseFile(path string, data []byte) fileResult {
 }
 
 func (r *fileResult) skip(loc DocError, err error) {
+	if !errors.Is(err, ErrUnsupportedKind) {
+		r.broken = true
+	}
 	loc.Skipped, loc.Err = true, err
 	r.errs = append(r.errs, &loc)
 }
@@ -251,7 +264,7 @@ func (r *fileResult) decode(loc DocError, js []byte, allowList bool) {
 			return
 		}
 	default:
-		r.skip(loc, fmt.Errorf("unsupported kind %q, apiVersion %q (want v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Node, v1 Pod or a v1 List of them)", h.Kind, h.APIVersion))
+		r.skip(loc, fmt.Errorf("%w %q, apiVersion %q (want v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Node, v1 Pod or a v1 List of them)", ErrUnsupportedKind, h.Kind, h.APIVersion))
 		return
 	}
 	obj, _, err := decoder.Decode(js, &gvk, nil)
@@ -300,8 +313,10 @@ func itemLoc(loc DocError, i int) DocError {
 	return loc
 }
 
-// add checks an object's name, defaults its namespace and fields the API
-// server would default, and appends it.
+// add defaults an object as the API server would (its namespace and the
+// fields source.Default* fill), validates it as the API server would (see
+// source.Validate: names, namespace, port names, annotations) and appends
+// it, or skips it with the reason.
 func (r *fileResult) add(loc DocError, obj runtime.Object) {
 	var k kind
 	var meta *metav1.ObjectMeta
@@ -329,6 +344,10 @@ func (r *fileResult) add(loc DocError, obj runtime.Object) {
 		meta.Namespace = ""
 	} else if meta.Namespace == "" {
 		meta.Namespace = metav1.NamespaceDefault
+	}
+	if err := source.Validate(obj); err != nil {
+		r.skip(loc, fmt.Errorf("%s %s/%s: %w", k, meta.Namespace, meta.Name, err))
+		return
 	}
 	// Objects from informers carry no type meta; match them.
 	obj.GetObjectKind().SetGroupVersionKind(schema.GroupVersionKind{})

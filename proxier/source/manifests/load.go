@@ -5,6 +5,38 @@
 // informer source would: this node's Node, the Pods scheduled on it, and
 // the Services and EndpointSlices this proxy is responsible for, with the
 // API server's defaults applied.
+//
+// # Validation
+//
+// Every object is validated as the API server would at creation (see
+// source.Validate): namespace a DNS-1123 label; Service name a DNS-1035
+// label; EndpointSlice, Pod and Node names DNS-1123 subdomains; Service and
+// EndpointSlice port names DNS-1123 labels (unique; required on a Service
+// with several ports), container port names IANA service names; protocols
+// TCP, UDP or SCTP; label and annotation keys, values and total size. An
+// invalid object is skipped with a WARN naming the file, the document and
+// the reason; every other object keeps loading. Documents of other kinds
+// (a Deployment next to its Service) are skipped too, without consequence.
+//
+// # Bad input loses nothing
+//
+// A file that is "broken" (a document that is not valid YAML, cannot be
+// decoded or is invalid; an unreadable file), as a half-written file or a
+// bad edit is, keeps the last good version of every object it no longer
+// loads, with a WARN naming the file, until it loads again; its valid
+// documents still apply. Like the API server rejecting an update, an
+// invalid edit leaves the previous object in place.
+//
+// Emptiness is what a non-atomic rewrite (`>` truncates first) or a
+// replaced folder passes through, so it deletes only once it lasts: a
+// file that held objects and has no document left, or a folder whose
+// manifest files are all gone, keeps its objects for Source.EmptyGrace
+// (5 s by default) with a WARN, then they are deleted with another WARN.
+// An operator who empties a file or the folder gets the deletions they
+// asked for, 5 s late; removing one file of several deletes its objects
+// at once. Last good versions live in memory: a restart reads the folder
+// as it is. Writing a file elsewhere and renaming it into the folder
+// (atomic) avoids all of this.
 package manifests
 
 import (
@@ -121,9 +153,9 @@ func isManifestName(name string) bool {
 
 func fileError(path string, err error) fileResult {
 	return fileResult{
-		path:       path,
-		errs:       []error{&DocError{File: path, Skipped: true, Err: fmt.Errorf("read: %w", err)}},
-		unparsable: true,
+		path:   path,
+		errs:   []error{&DocError{File: path, Skipped: true, Err: fmt.Errorf("read: %w", err)}},
+		broken: true,
 	}
 }
 

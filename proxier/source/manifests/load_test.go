@@ -328,3 +328,58 @@ func TestLoadMissingFolder(t *testing.T) {
 		t.Fatalf("loaded objects from a missing folder: %v", names(objs))
 	}
 }
+
+// Objects the API server would reject are skipped one by one, with the
+// file, document and reason; the others load.
+func TestLoadValidatesNames(t *testing.T) {
+	dir := t.TempDir()
+	hostilePort := strings.Replace(svcYAML("evil", 80, ""), "  - port:", "  - name: \"x\\\"\\n-A INPUT -j ACCEPT\"\n    port:", 1)
+	writeFile(t, dir, "a.yaml", svcYAML("web", 80, "")+"---\n"+hostilePort+"---\n"+svcYAML("Bad_Name", 80, "")+`---
+apiVersion: v1
+kind: Service
+metadata: {name: web2, namespace: "ns\"x"}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: ns}
+addressType: IPv4
+endpoints: [{addresses: [10.1.0.1]}]
+ports: [{name: "\"", port: 8080}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: "n 1"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: ns}
+spec: {nodeName: "n", containers: [{name: c, ports: [{name: "a\\b", containerPort: 80, hostPort: 80}]}]}
+`)
+	objs, errs := Load(dir, "n", "")
+	if got, want := names(objs), []string{"Service ns/web"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("loaded %v, want %v", got, want)
+	}
+	want := []struct {
+		doc    int
+		reason string
+	}{
+		{2, "spec.ports[0].name"},
+		{3, "metadata.name"},
+		{4, "metadata.namespace"},
+		{5, "ports[0].name"},
+		{6, "metadata.name"},
+		{7, "spec.containers[0].ports[0].name"},
+	}
+	if len(errs) != len(want) {
+		t.Fatalf("got %d problems, want %d: %v", len(errs), len(want), errs)
+	}
+	for i, w := range want {
+		var de *DocError
+		if !errors.As(errs[i], &de) || !de.Skipped || de.Doc != w.doc || !strings.Contains(de.Error(), w.reason) {
+			t.Errorf("problem %d = %v, want document %d skipped for %s", i, errs[i], w.doc, w.reason)
+		}
+		if strings.Contains(errs[i].Error(), "\n") {
+			t.Errorf("problem %d holds a raw newline: %q", i, errs[i])
+		}
+	}
+}

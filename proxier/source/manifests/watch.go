@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -33,10 +35,23 @@ type Source struct {
 	// set it before calling Run.
 	Debounce time.Duration
 
-	// lastGood holds, per file, its last result that parsed completely,
-	// used while the file is unparsable (for instance half written).
+	// EmptyGrace is how long a file that held objects may stay empty, or
+	// the folder stay without manifest files, before their objects are
+	// deleted (DefaultEmptyGrace); set it before calling Run.
+	EmptyGrace time.Duration
+
+	// lastGood holds, per file, the objects it last delivered: its last
+	// complete read, plus the objects kept while it is broken or empty.
 	lastGood map[string]fileResult
+	// emptySince records when a file that held objects became empty.
+	emptySince map[string]time.Time
+	// folderEmptySince records when the folder lost its last manifest file.
+	folderEmptySince time.Time
 }
+
+// DefaultEmptyGrace is how long emptiness must last before it deletes
+// objects: longer than any non-atomic rewrite of a file should take.
+const DefaultEmptyGrace = 5 * time.Second
 
 // New returns a source for the manifest folder dir that delivers this
 // node's objects (nodeName) for this proxy (proxyName, see
@@ -46,13 +61,15 @@ func New(dir, nodeName, proxyName string, sink proxier.Sink, log *slog.Logger) *
 		log = slog.Default()
 	}
 	return &Source{
-		dir:       dir,
-		nodeName:  nodeName,
-		proxyName: proxyName,
-		sink:      sink,
-		log:       log.With("source", "manifests", "dir", dir),
-		Debounce:  DefaultDebounce,
-		lastGood:  map[string]fileResult{},
+		dir:        dir,
+		nodeName:   nodeName,
+		proxyName:  proxyName,
+		sink:       sink,
+		log:        log.With("source", "manifests", "dir", dir),
+		Debounce:   DefaultDebounce,
+		EmptyGrace: DefaultEmptyGrace,
+		lastGood:   map[string]fileResult{},
+		emptySince: map[string]time.Time{},
 	}
 }
 
@@ -60,9 +77,9 @@ func New(dir, nodeName, proxyName string, sink proxier.Sink, log *slog.Logger) *
 // watches the folder: after every burst of changes it re-reads all files
 // and delivers only the differences (additions and semantic changes as
 // upserts, vanished objects as deletions). Documents that cannot be loaded
-// are skipped with a log line naming file, document and reason; a file that
-// stops parsing as YAML (a write in progress) keeps its previous content
-// until it parses again. Run returns nil when ctx ends, or an error if the
+// are skipped with a log line naming file, document and reason; a broken
+// file keeps the last good version of its objects, and emptiness deletes
+// only after EmptyGrace (see the package doc). Run returns nil when ctx ends, or an error if the
 // folder cannot be watched or read at start.
 func (s *Source) Run(ctx context.Context) error {
 	w, err := fsnotify.NewWatcher()
@@ -74,7 +91,7 @@ func (s *Source) Run(ctx context.Context) error {
 	if err := w.Add(s.dir); err != nil {
 		return fmt.Errorf("manifests: watch %s: %w", s.dir, err)
 	}
-	cur, err := s.read()
+	cur, recheck, err := s.read()
 	if err != nil {
 		return fmt.Errorf("manifests: %w", err)
 	}
@@ -89,6 +106,17 @@ func (s *Source) Run(ctx context.Context) error {
 	timer := time.NewTimer(debounce)
 	timer.Stop()
 	defer timer.Stop()
+	// graceTimer re-reads the folder when a grace period for emptiness
+	// ends (see EmptyGrace).
+	graceTimer := time.NewTimer(time.Hour)
+	graceTimer.Stop()
+	defer graceTimer.Stop()
+	armGrace := func(at time.Time) {
+		if !at.IsZero() {
+			graceTimer.Reset(time.Until(at) + time.Millisecond)
+		}
+	}
+	armGrace(recheck)
 	// schedule restarts the quiet period, unless changes have kept coming
 	// for maxWait: then the pending re-read is left to fire, so a file
 	// rewritten nonstop cannot starve the sink.
@@ -125,51 +153,145 @@ func (s *Source) Run(ctx context.Context) error {
 			schedule()
 		case <-timer.C:
 			pendingSince = time.Time{}
-			next, err := s.read()
-			if err != nil {
-				s.log.Error("manifest folder re-read failed; keeping previous objects", "err", err)
-				continue
-			}
-			n := deliverDiff(s.sink, cur, next)
-			s.log.Info("manifests re-read", "changes", n)
-			cur = next
+			cur = s.reread(cur, armGrace)
+		case <-graceTimer.C:
+			cur = s.reread(cur, armGrace)
 		}
 	}
 }
 
-// read reads and merges the folder, logging every problem, and substitutes
-// the last good content of files that do not parse.
-func (s *Source) read() (objectSet, error) {
+// reread reads the folder again and delivers what changed since cur; it
+// returns the new content (cur when the folder cannot be read).
+func (s *Source) reread(cur objectSet, armGrace func(time.Time)) objectSet {
+	next, recheck, err := s.read()
+	if err != nil {
+		s.log.Error("manifest folder re-read failed; keeping previous objects", "err", err)
+		return cur
+	}
+	armGrace(recheck)
+	n := deliverDiff(s.sink, cur, next)
+	s.log.Info("manifests re-read", "changes", n)
+	return next
+}
+
+// read reads and merges the folder, logging every problem. Files that are
+// broken keep the last good version of the objects they no longer load,
+// and emptiness (a file, or the whole folder, that held objects and holds
+// none) keeps the previous objects for EmptyGrace; read returns when the
+// folder must be read again for such a grace period to end (zero: never).
+func (s *Source) read() (objectSet, time.Time, error) {
 	files, err := readDir(s.dir)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
+	}
+	now := time.Now()
+	var recheck time.Time
+	wake := func(t time.Time) {
+		if recheck.IsZero() || t.Before(recheck) {
+			recheck = t
+		}
+	}
+	grace := s.EmptyGrace
+	if grace <= 0 {
+		grace = DefaultEmptyGrace
 	}
 	present := map[string]bool{}
 	for i, f := range files {
 		present[f.path] = true
-		if !f.unparsable {
-			s.lastGood[f.path] = f
-			continue
+		prev, hadPrev := s.lastGood[f.path]
+		if f.docs > 0 || f.broken || !hadPrev || len(prev.entries) == 0 {
+			delete(s.emptySince, f.path)
 		}
-		if prev, ok := s.lastGood[f.path]; ok {
-			for _, e := range f.errs {
-				s.logProblem(e)
+		switch {
+		case f.broken && hadPrev:
+			kept := keepMissing(f, prev)
+			if extra := kept.entries[len(f.entries):]; len(extra) > 0 {
+				names := make([]string, 0, min(len(extra), 10))
+				for _, e := range extra[:min(len(extra), 10)] {
+					names = append(names, e.key.String())
+				}
+				s.log.Warn("manifest file has documents that do not load; keeping the last good version of the objects it no longer loads until it does",
+					"file", f.path, "kept", len(extra), "objects", strings.Join(names, ", "))
 			}
-			s.log.Warn("manifest file does not parse; keeping its previous content until it does",
-				"file", f.path, "objects", len(prev.entries))
-			files[i] = fileResult{path: prev.path, entries: prev.entries}
+			files[i] = kept
+			s.lastGood[f.path] = fileResult{path: f.path, entries: kept.entries, docs: kept.docs}
+		case f.docs == 0 && !f.broken && hadPrev && len(prev.entries) > 0:
+			since, ok := s.emptySince[f.path]
+			if !ok {
+				since = now
+				s.emptySince[f.path] = now
+				s.log.Warn("manifest file is empty; keeping its objects in case it is being rewritten",
+					"file", f.path, "objects", len(prev.entries), "deleteAfter", grace)
+			}
+			if now.Sub(since) < grace {
+				files[i] = prev
+				wake(since.Add(grace))
+				continue
+			}
+			s.log.Warn("manifest file stayed empty; deleting its objects", "file", f.path, "objects", len(prev.entries), "emptyFor", now.Sub(since).Round(time.Millisecond))
+			delete(s.emptySince, f.path)
+			s.lastGood[f.path] = fileResult{path: f.path}
+		default:
+			s.lastGood[f.path] = fileResult{path: f.path, entries: f.entries, docs: f.docs}
 		}
 	}
+	// A folder that held objects and now holds no manifest file at all.
+	if len(files) == 0 && lastGoodObjects(s.lastGood) > 0 {
+		if s.folderEmptySince.IsZero() {
+			s.folderEmptySince = now
+			s.log.Warn("manifest folder is empty; keeping its objects in case its content is being replaced",
+				"objects", lastGoodObjects(s.lastGood), "deleteAfter", grace)
+		}
+		if now.Sub(s.folderEmptySince) < grace {
+			wake(s.folderEmptySince.Add(grace))
+			for _, f := range s.lastGood {
+				files = append(files, f)
+			}
+			sort.Slice(files, func(i, j int) bool { return files[i].path < files[j].path })
+			set, _ := merge(files, s.nodeName, s.proxyName)
+			return set, recheck, nil
+		}
+		s.log.Warn("manifest folder stayed empty; deleting every object it held",
+			"objects", lastGoodObjects(s.lastGood), "emptyFor", now.Sub(s.folderEmptySince).Round(time.Millisecond))
+	}
+	s.folderEmptySince = time.Time{}
 	for path := range s.lastGood {
 		if !present[path] {
 			delete(s.lastGood, path)
+			delete(s.emptySince, path)
 		}
 	}
 	set, errs := merge(files, s.nodeName, s.proxyName)
 	for _, e := range errs {
 		s.logProblem(e)
 	}
-	return set, nil
+	return set, recheck, nil
+}
+
+// keepMissing returns f with, added after its own entries, the entries of
+// prev (its last good version) whose objects f no longer loads; f's
+// problems are kept so they are logged.
+func keepMissing(f, prev fileResult) fileResult {
+	have := map[key]bool{}
+	for _, e := range f.entries {
+		have[e.key] = true
+	}
+	out := fileResult{path: f.path, errs: f.errs, docs: f.docs, broken: true}
+	out.entries = append(out.entries, f.entries...)
+	for _, e := range prev.entries {
+		if !have[e.key] {
+			out.entries = append(out.entries, e)
+		}
+	}
+	return out
+}
+
+func lastGoodObjects(files map[string]fileResult) int {
+	n := 0
+	for _, f := range files {
+		n += len(f.entries)
+	}
+	return n
 }
 
 func (s *Source) logProblem(err error) {
