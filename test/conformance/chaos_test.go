@@ -66,19 +66,9 @@ endpoints:
 // never a half-programmed table, and a restart never blackholes.
 func TestSIGKILLMidApply(t *testing.T) {
 	requireRoot(t)
-	s := scenarioNamed(t, "clusterip-tcp")
-	objs, err := s.Objects()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods, err := objs.Pods()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newScenarioLab(t, pods)
+	s, _, l, dir := setupScenario(t, "clusterip-tcp")
 	lab.StartLineServer(t, l.Pod("web-1").NS, "web-1", 9000)
 	lab.StartLineServer(t, l.Pod("web-2").NS, "web-2", 9000)
-	dir := t.TempDir()
 	const fillers = 250
 	writeManifest(t, dir, "objects.yaml", flowManifest(fillers, 0))
 	start := func() *liveSwitchyard {

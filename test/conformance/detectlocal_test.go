@@ -16,22 +16,7 @@ import (
 // web-3 is local).
 func TestDetectLocalModes(t *testing.T) {
 	requireRoot(t)
-	s := scenarioNamed(t, "clusterip-tcp")
-	objs, err := s.Objects()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods, err := objs.Pods()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newScenarioLab(t, pods)
-	dir := t.TempDir()
-	yaml, err := s.YAML()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeManifest(t, dir, "objects.yaml", yaml)
+	_, _, l, dir := setupScenario(t, "clusterip-tcp")
 
 	client := l.Pod(scenarios.Topology.Client.Name) // 10.244.0.100, on veth p<n>
 	remote := l.Pod("web-3")                        // 10.244.1.2

@@ -318,3 +318,26 @@ func realTrafficSkip(p scenarios.Packet) string {
 	}
 	return ""
 }
+
+// setupScenario decodes the named scenario, builds a lab with its pods and
+// writes its fixture into a fresh manifest folder.
+func setupScenario(t *testing.T, name string) (scenarios.Scenario, []scenarios.Pod, *lab.Lab, string) {
+	t.Helper()
+	s := scenarioNamed(t, name)
+	objs, err := s.Objects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods, err := objs.Pods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newScenarioLab(t, pods)
+	dir := t.TempDir()
+	yaml, err := s.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeManifest(t, dir, "objects.yaml", yaml)
+	return s, pods, l, dir
+}

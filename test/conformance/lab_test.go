@@ -93,22 +93,7 @@ func allSCTP(group []scenarios.Scenario) bool {
 //	sudo go test -v -run TestBalancedOverThreePods ./test/conformance/
 func TestBalancedOverThreePods(t *testing.T) {
 	requireRoot(t)
-	s := scenarioNamed(t, "clusterip-tcp")
-	objs, err := s.Objects()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods, err := objs.Pods()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newScenarioLab(t, pods)
-	dir := t.TempDir()
-	yaml, err := s.YAML()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeManifest(t, dir, "objects.yaml", yaml)
+	s, _, l, dir := setupScenario(t, "clusterip-tcp")
 	runOnce(t, l, dir, s.Config)
 
 	const n = 30
@@ -186,22 +171,7 @@ endpoints:
 // valid services still get traffic.
 func TestBadServiceSkipped(t *testing.T) {
 	requireRoot(t)
-	s := scenarioNamed(t, "clusterip-tcp")
-	objs, err := s.Objects()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods, err := objs.Pods()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newScenarioLab(t, pods)
-	dir := t.TempDir()
-	yaml, err := s.YAML()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeManifest(t, dir, "objects.yaml", yaml)
+	s, _, l, dir := setupScenario(t, "clusterip-tcp")
 	writeManifest(t, dir, "more.yaml", []byte(brokenManifest))
 	out := runOnce(t, l, dir, s.Config)
 	if !strings.Contains(out, "default/broken") {
@@ -264,22 +234,7 @@ func (s *liveSwitchyard) waitSync(mark int, what string) int {
 // and an added service answers.
 func TestLiveManifestChanges(t *testing.T) {
 	requireRoot(t)
-	s := scenarioNamed(t, "clusterip-tcp")
-	objs, err := s.Objects()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods, err := objs.Pods()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newScenarioLab(t, pods)
-	dir := t.TempDir()
-	yaml, err := s.YAML()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeManifest(t, dir, "objects.yaml", yaml)
+	s, pods, l, dir := setupScenario(t, "clusterip-tcp")
 	args := append([]string{switchyardBinary(t)}, commonFlags(dir, s.Config)...)
 	args = append(args, "--min-sync-period", "100ms", "--sync-period", "30s", "--log-level", "debug")
 	sy := &liveSwitchyard{t: t, proc: l.Start(l.Node, args...)}
@@ -301,6 +256,10 @@ func TestLiveManifestChanges(t *testing.T) {
 	check("initial", svc, "10.244.0.2:8080", "10.244.0.3:8080", "10.244.1.2:8080")
 
 	// web-2 (10.244.0.3) leaves the slice.
+	yaml, err := s.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
 	edited := removeEndpoint(t, string(yaml), "10.244.0.3")
 	writeManifest(t, dir, "objects.yaml", []byte(edited))
 	mark = sy.waitSync(mark, "removing web-2")

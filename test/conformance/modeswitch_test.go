@@ -26,16 +26,7 @@ COMMIT
 // flows, and then the IPVS mode's chains and ipsets are gone.
 func TestModeSwitchFromIPVSLeftovers(t *testing.T) {
 	requireRoot(t)
-	s := scenarioNamed(t, "clusterip-tcp")
-	objs, err := s.Objects()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods, err := objs.Pods()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newScenarioLab(t, pods)
+	s, _, l, dir := setupScenario(t, "clusterip-tcp")
 	inNode := func(args ...string) string {
 		t.Helper()
 		out, err := exec.Command("ip", append([]string{"netns", "exec", l.Node}, args...)...).CombinedOutput()
@@ -51,12 +42,6 @@ func TestModeSwitchFromIPVSLeftovers(t *testing.T) {
 		t.Fatalf("load IPVS-mode leftovers: %v\n%s", err, out)
 	}
 
-	dir := t.TempDir()
-	yaml, err := s.YAML()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeManifest(t, dir, "objects.yaml", yaml)
 	runOnce(t, l, dir, s.Config)
 
 	client := l.Pod(scenarios.Topology.Client.Name)

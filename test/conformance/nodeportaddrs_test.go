@@ -13,22 +13,7 @@ import (
 // addresses over netlink (issue 8 item 8).
 func TestNodePortAddressesFollowInterfaces(t *testing.T) {
 	requireRoot(t)
-	s := scenarioNamed(t, "nodeport-etp-cluster")
-	objs, err := s.Objects()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods, err := objs.Pods()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newScenarioLab(t, pods)
-	dir := t.TempDir()
-	yaml, err := s.YAML()
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeManifest(t, dir, "objects.yaml", yaml)
+	s, _, l, dir := setupScenario(t, "nodeport-etp-cluster")
 	args := append([]string{switchyardBinary(t)}, commonFlags(dir, s.Config)...)
 	args = append(args, "--nodeport-addresses", "192.0.2.0/24", "--min-sync-period", "100ms", "--sync-period", "1h", "--log-level", "debug")
 	sy := &liveSwitchyard{t: t, proc: l.Start(l.Node, args...)}
