@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard-proxy/switchyard/conntrack"
 	"github.com/switchyard-proxy/switchyard/nodeport"
 	"github.com/switchyard-proxy/switchyard/proxier"
 	"github.com/switchyard-proxy/switchyard/proxier/runner"
@@ -41,6 +42,9 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	obs, err := newObservers(ctx, o, log)
 	if err != nil {
 		return err
+	}
+	if c, ok := backend.(*conntrack.Reconciler); ok {
+		c.SetRecorder(obs.metrics)
 	}
 
 	var r *runner.Runner
