@@ -29,30 +29,37 @@ func (b *fakeBackend) Cleanup(context.Context) error { return nil }
 
 // fakeTable is an in-memory conntrack table.
 type fakeTable struct {
-	mu    sync.Mutex
-	flows map[proxier.IPFamily][]Flow
-	dumps int
-	fail  error
+	mu        sync.Mutex
+	flows     map[proxier.IPFamily][]Flow
+	dumps     int
+	protocols []proxier.Protocol // of the last Delete
+	fail      error
 }
 
-func (t *fakeTable) Delete(family proxier.IPFamily, stale func(*Flow) bool) (int, error) {
+func (t *fakeTable) Delete(family proxier.IPFamily, protocols []proxier.Protocol, stale func(*Flow) bool) (Result, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.dumps++
+	t.protocols = protocols
 	if t.fail != nil {
-		return 0, t.fail
+		return Result{}, t.fail
 	}
 	var keep []Flow
-	n := 0
+	var res Result
 	for _, f := range t.flows[family] {
+		if !slices.Contains(protocols, f.Protocol) {
+			keep = append(keep, f)
+			continue
+		}
+		res.Scanned++
 		if stale(&f) {
-			n++
+			res.Deleted++
 			continue
 		}
 		keep = append(keep, f)
 	}
 	t.flows[family] = keep
-	return n, nil
+	return res, nil
 }
 
 func (t *fakeTable) strings(family proxier.IPFamily) []string {

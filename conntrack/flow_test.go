@@ -18,12 +18,13 @@ func TestParseFlowGarbage(t *testing.T) {
 		if len(b) >= 8 && i%2 == 0 {
 			b[4], b[5], b[6], b[7] = byte(len(b)-4), 0, byte(1+rng.IntN(2)), 0x80
 		}
-		_, _, _ = parseFlow(b)
+		var f Flow
+		_, _ = parseFlow(b, &f)
 	}
-	if _, _, err := parseFlow([]byte{2, 0}); err == nil {
+	if _, err := parseFlow([]byte{2, 0}, &Flow{}); err == nil {
 		t.Errorf("a 2-byte message parsed")
 	}
-	if _, _, err := parseFlow([]byte{2, 0, 0, 0}); err == nil {
+	if _, err := parseFlow([]byte{2, 0, 0, 0}, &Flow{}); err == nil {
 		t.Errorf("a message without tuples parsed")
 	}
 }

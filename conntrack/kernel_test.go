@@ -95,8 +95,15 @@ func list(t *testing.T, ns string, family proxier.IPFamily) []string {
 
 // TestNetlinkTableKernel runs the reconciler against a real conntrack table:
 // entries made with the conntrack tool in a fresh namespace (UDP, SCTP, TCP,
-// IPv4 and IPv6), one sync, and exactly the stale UDP/SCTP ones are gone.
+// IPv4 and IPv6), one sync, and exactly the stale UDP/SCTP ones are gone;
+// with the kernel filtering the dump by protocol, and without (the
+// fallback for kernels before 5.8).
 func TestNetlinkTableKernel(t *testing.T) {
+	t.Run("filtered dumps", func(t *testing.T) { testNetlinkTable(t, false) })
+	t.Run("unfiltered dump", func(t *testing.T) { testNetlinkTable(t, true) })
+}
+
+func testNetlinkTable(t *testing.T, unfiltered bool) {
 	ns := netnsWithConntrack(t)
 	for _, f := range []Flow{
 		flow(UDP, "10.0.0.5:5353", "10.96.0.10:53", "10.244.0.2:53"),        // serving: kept
@@ -118,8 +125,10 @@ func TestNetlinkTableKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = table.Close() })
+	table.noFilter.Store(unfiltered)
 	rec := &fakeRecorder{}
-	r := Wrap(&fakeBackend{}, Config{Table: table, Logger: quiet(), Recorder: rec})
+	rt := &recordingTable{Table: table}
+	r := Wrap(&fakeBackend{}, Config{Table: rt, Logger: quiet(), Recorder: rec})
 	snaps := []*proxier.Snapshot{
 		snapshot(proxier.IPv4, true, nil,
 			svc("dns", UDP, "10.96.0.10", 53, 30053, "10.244.0.2:53"),
@@ -147,4 +156,27 @@ func TestNetlinkTableKernel(t *testing.T) {
 	if !slices.Equal(rec.records, []record{{proxier.IPv4, 4}, {proxier.IPv6, 1}}) {
 		t.Errorf("deleted counts: %v, want IPv4 4, IPv6 1", rec.records)
 	}
+	// The kernel filtered the dumps by protocol: the TCP entry never came.
+	want := []Result{{Scanned: 8, Deleted: 4}, {Scanned: 2, Deleted: 1}}
+	if unfiltered {
+		want[0].Scanned = 9
+	}
+	if !slices.Equal(rt.results, want) {
+		t.Errorf("dumps: %+v, want %+v (6 UDP + 2 SCTP + 1 TCP entries of IPv4; filtered dumps leave TCP out)", rt.results, want)
+	}
+	if !unfiltered && table.noFilter.Load() {
+		t.Errorf("the kernel refused the filtered dump (needs Linux 5.8)")
+	}
+}
+
+// recordingTable records what each Delete returned.
+type recordingTable struct {
+	Table
+	results []Result
+}
+
+func (r *recordingTable) Delete(family proxier.IPFamily, protocols []proxier.Protocol, stale func(*Flow) bool) (Result, error) {
+	res, err := r.Table.Delete(family, protocols, stale)
+	r.results = append(r.results, res)
+	return res, err
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
@@ -15,11 +16,17 @@ import (
 // Table is the conntrack table of one network namespace: the seam between
 // the reconciler and the kernel (tests use a fake).
 type Table interface {
-	// Delete dumps the family's entries once and deletes every UDP or SCTP
-	// entry for which stale returns true. It returns how many it deleted.
-	// An interrupted dump (the table changed under it) still deletes what
-	// it saw and returns an error wrapping ErrDumpInterrupted.
-	Delete(family proxier.IPFamily, stale func(*Flow) bool) (int, error)
+	// Delete dumps the family's entries of the given protocols (UDP,
+	// SCTP) and deletes every one for which stale returns true. An
+	// interrupted dump (the table changed under it) still deletes what it
+	// saw and returns an error wrapping ErrDumpInterrupted.
+	Delete(family proxier.IPFamily, protocols []proxier.Protocol, stale func(*Flow) bool) (Result, error)
+}
+
+// Result says what one Table.Delete did.
+type Result struct {
+	// Scanned counts the entries the dump returned; Deleted those deleted.
+	Scanned, Deleted int
 }
 
 // ErrDumpInterrupted means the kernel reported that the table changed
@@ -30,6 +37,9 @@ var ErrDumpInterrupted = errors.New("conntrack dump interrupted")
 // netlink socket.
 type NetlinkTable struct {
 	ns netns.NsHandle // closed: the caller's namespace
+	// noFilter is set once the kernel refused a filtered dump (CTA_FILTER
+	// needs Linux 5.8): dumps then return every entry of the family.
+	noFilter atomic.Bool
 }
 
 var _ Table = (*NetlinkTable)(nil)
@@ -63,6 +73,23 @@ func inetFamily(f proxier.IPFamily) uint8 {
 	return unix.AF_INET
 }
 
+func protoNum(p proxier.Protocol) uint8 {
+	if p == proxier.SCTP {
+		return unix.IPPROTO_SCTP
+	}
+	return unix.IPPROTO_UDP
+}
+
+// Kernel ABI values not in the netlink library: the CTA_FILTER attribute
+// (enum ctattr_type), its CTA_FILTER_ORIG_FLAGS member and the flag that
+// filters a dump on the original tuple's L4 protocol
+// (CTA_FILTER_F_CTA_PROTO_NUM, net/netfilter/nf_internals.h).
+const (
+	ctaFilter          = 25
+	ctaFilterOrigFlags = 1
+	ctaFilterProtoNum  = 1 << 3
+)
+
 func (t *NetlinkTable) request(family proxier.IPFamily, op, flags int, sock *nl.SocketHandle) *nl.NetlinkRequest {
 	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|op, flags)
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: inetFamily(family), Version: nl.NFNETLINK_V0})
@@ -70,51 +97,95 @@ func (t *NetlinkTable) request(family proxier.IPFamily, op, flags int, sock *nl.
 	return req
 }
 
+// dumpRequest asks for the family's entries, of one L4 protocol only when
+// filtered (the kernel then copies nothing else to us).
+func (t *NetlinkTable) dumpRequest(family proxier.IPFamily, proto uint8, filtered bool, sock *nl.SocketHandle) *nl.NetlinkRequest {
+	req := t.request(family, nl.IPCTNL_MSG_CT_GET, unix.NLM_F_DUMP, sock)
+	if filtered {
+		tuple := nl.NewRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_ORIG, nil)
+		p := tuple.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_PROTO, nil)
+		p.AddRtAttr(nl.CTA_PROTO_NUM, []byte{proto})
+		req.AddData(tuple)
+		filter := nl.NewRtAttr(unix.NLA_F_NESTED|ctaFilter, nil)
+		filter.AddRtAttr(ctaFilterOrigFlags, nl.Uint32Attr(ctaFilterProtoNum))
+		req.AddData(filter)
+	}
+	return req
+}
+
 // Delete implements Table.
-func (t *NetlinkTable) Delete(family proxier.IPFamily, stale func(*Flow) bool) (int, error) {
+func (t *NetlinkTable) Delete(family proxier.IPFamily, protocols []proxier.Protocol, stale func(*Flow) bool) (Result, error) {
+	var res Result
 	s, err := nl.GetNetlinkSocketAt(t.ns, netns.None(), unix.NETLINK_NETFILTER)
 	if err != nil {
-		return 0, fmt.Errorf("conntrack: netlink socket: %w", err)
+		return res, fmt.Errorf("conntrack: netlink socket: %w", err)
 	}
 	defer s.Close()
 	if err := s.SetSendTimeout(&nl.SocketTimeoutTv); err != nil {
-		return 0, fmt.Errorf("conntrack: socket timeout: %w", err)
+		return res, fmt.Errorf("conntrack: socket timeout: %w", err)
 	}
 	if err := s.SetReceiveTimeout(&nl.SocketTimeoutTv); err != nil {
-		return 0, fmt.Errorf("conntrack: socket timeout: %w", err)
+		return res, fmt.Errorf("conntrack: socket timeout: %w", err)
 	}
 	sock := &nl.SocketHandle{Socket: s}
 
-	// One dump; keep only the stale entries' raw attributes (they name the
-	// entry's tuple and id, which is what a delete needs).
+	// Dump (one L4 protocol at a time when the kernel filters, else
+	// everything once); keep only the stale entries' raw attributes (they
+	// name the entry's tuple and id, which is what a delete needs).
 	var victims [][]byte
 	var parseErr error
-	dump := t.request(family, nl.IPCTNL_MSG_CT_GET, unix.NLM_F_DUMP, sock)
-	err = dump.ExecuteIter(unix.NETLINK_NETFILTER, 0, func(msg []byte) bool {
-		f, ok, err := parseFlow(msg)
+	var errs []error
+	var f Flow
+	want := map[proxier.Protocol]bool{}
+	for _, p := range protocols {
+		want[p] = true
+	}
+	collect := func(msg []byte) bool {
+		res.Scanned++
+		ok, err := parseFlow(msg, &f)
 		if err != nil {
 			if parseErr == nil {
 				parseErr = err
 			}
 			return true
 		}
-		if ok && stale(&f) {
+		if ok && want[f.Protocol] && stale(&f) {
 			victims = append(victims, append([]byte(nil), msg[nl.SizeofNfgenmsg:]...))
 		}
 		return true
-	})
-	var errs []error
-	if err != nil {
-		if !errors.Is(err, nl.ErrDumpInterrupted) {
-			return 0, fmt.Errorf("conntrack: dump %s table: %w", family, err)
+	}
+	dump := func(proto uint8, filtered bool) error {
+		err := t.dumpRequest(family, proto, filtered, sock).ExecuteIter(unix.NETLINK_NETFILTER, 0, collect)
+		if errors.Is(err, nl.ErrDumpInterrupted) {
+			errs = append(errs, fmt.Errorf("%s table: %w", family, ErrDumpInterrupted))
+			return nil
 		}
-		errs = append(errs, fmt.Errorf("%s table: %w", family, ErrDumpInterrupted))
+		return err
+	}
+	unfiltered := t.noFilter.Load()
+	for i, p := range protocols {
+		if unfiltered {
+			break
+		}
+		if err := dump(protoNum(p), true); err != nil {
+			if i == 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
+				t.noFilter.Store(true) // an old kernel: dump everything
+				unfiltered = true
+				break
+			}
+			return res, fmt.Errorf("conntrack: dump %s %s entries: %w", family, p, err)
+		}
+	}
+	if unfiltered && len(protocols) > 0 {
+		if err := dump(0, false); err != nil {
+			return res, fmt.Errorf("conntrack: dump %s table: %w", family, err)
+		}
 	}
 	if parseErr != nil {
 		errs = append(errs, fmt.Errorf("conntrack: skipped unparsable %s entries: %w", family, parseErr))
 	}
 
-	deleted, failed := 0, 0
+	failed := 0
 	var firstErr error
 	for _, v := range victims {
 		del := t.request(family, nl.IPCTNL_MSG_CT_DELETE, unix.NLM_F_ACK, sock)
@@ -122,7 +193,7 @@ func (t *NetlinkTable) Delete(family proxier.IPFamily, stale func(*Flow) bool) (
 		_, err := del.Execute(unix.NETLINK_NETFILTER, 0)
 		switch {
 		case err == nil:
-			deleted++
+			res.Deleted++
 		case errors.Is(err, fs.ErrNotExist):
 			// Gone already (expired, or replaced: the id no longer matches).
 		default:
@@ -135,5 +206,5 @@ func (t *NetlinkTable) Delete(family proxier.IPFamily, stale func(*Flow) bool) (
 	if failed > 0 {
 		errs = append(errs, fmt.Errorf("conntrack: %d of %d %s deletes failed: %w", failed, len(victims), family, firstErr))
 	}
-	return deleted, errors.Join(errs...)
+	return res, errors.Join(errs...)
 }

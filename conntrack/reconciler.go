@@ -119,21 +119,21 @@ func (r *Reconciler) reconcile(snap *proxier.Snapshot) {
 		return
 	}
 	start := time.Now()
-	n, err := r.table.Delete(fam, x.stale)
+	res, err := r.table.Delete(fam, x.protocols(), x.stale)
 	took := time.Since(start)
 	if r.rec != nil {
-		r.rec.ConntrackReconciled(fam, took, n)
+		r.rec.ConntrackReconciled(fam, took, res.Deleted)
 	}
 	switch {
 	case err != nil:
 		r.pending[fam] = true
-		r.log.Warn("conntrack cleanup failed or incomplete; retrying at the next sync", "family", fam, "deleted", n, "err", err)
+		r.log.Warn("conntrack cleanup failed or incomplete; retrying at the next sync", "family", fam, "deleted", res.Deleted, "err", err)
 	default:
 		delete(r.pending, fam)
-		if n > 0 {
-			r.log.Info("deleted stale conntrack entries", "family", fam, "deleted", n, "took", took.Round(time.Microsecond))
+		if res.Deleted > 0 {
+			r.log.Info("deleted stale conntrack entries", "family", fam, "deleted", res.Deleted, "scanned", res.Scanned, "took", took.Round(time.Microsecond))
 		} else {
-			r.log.Debug("conntrack reconciled", "family", fam, "took", took.Round(time.Microsecond))
+			r.log.Debug("conntrack reconciled", "family", fam, "scanned", res.Scanned, "took", took.Round(time.Microsecond))
 		}
 	}
 }

@@ -90,6 +90,24 @@ func (x *index) add(sp *proxier.ServicePort, eps endpointSet) {
 	}
 }
 
+// protocols returns the protocols indexed (UDP first).
+func (x *index) protocols() []proxier.Protocol {
+	seen := map[proxier.Protocol]bool{}
+	for k := range x.ips {
+		seen[k.proto] = true
+	}
+	for k := range x.ports {
+		seen[k.proto] = true
+	}
+	var out []proxier.Protocol
+	for _, p := range []proxier.Protocol{proxier.UDP, proxier.SCTP} {
+		if seen[p] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // empty reports whether nothing is indexed.
 func (x *index) empty() bool { return len(x.ips) == 0 && len(x.ports) == 0 }
 
