@@ -30,22 +30,29 @@
 //
 // How it runs: Wrap decorates any proxier.Backend. After a successful Sync,
 // for each family whose snapshot has a change to a UDP or SCTP service port
-// (or is a full sync, or a previous reconcile failed), it dumps that
-// family's conntrack table once, over netlink, and deletes the stale
-// entries (each delete names the entry's id, so a newer entry with the same
+// (or is a full sync: the first one, after a failure, hourly; or a
+// previous reconcile failed), it dumps that family's UDP/SCTP conntrack
+// entries over netlink and deletes the stale ones (each delete names the entry's id, so a newer entry with the same
 // tuple is never hit). Failures are logged and retried at the next sync;
 // they never fail the Sync.
 //
-// Cost: a dump copies every conntrack entry of the family to user space
-// (the kernel cannot filter by protocol before Linux 5.8 and we do not ask
-// it to): about 200-300 bytes and a few microseconds of parsing per entry,
-// so a node with 100k entries pays roughly 25 MB of netlink traffic and
-// tens of milliseconds per reconcile, and 1M entries ten times that. Only
-// the matching entries are kept in memory. That is why the dump is skipped
-// when no UDP/SCTP service port changed; kube-proxy dumps on every sync.
+// Cost: one reconcile walks the whole conntrack table in the kernel and
+// copies to user space the family's entries of the protocols in use (one
+// filtered dump per protocol, CTA_FILTER, Linux >= 5.8; older kernels fall
+// back to one dump of every entry, filtered here), about 200 bytes of
+// netlink per entry; only the stale entries are kept in memory, and each is
+// deleted with one netlink request. BenchmarkReconcile (real tables in a
+// namespace, 1000 UDP services, nothing stale; a loaded 2-core machine):
+// 10k UDP entries 20-80 ms; 100k UDP entries 170-360 ms and 34 MB of
+// garbage; 10k UDP + 90k TCP entries 65-105 ms filtered, 200-390 ms
+// unfiltered. That is why the reconcile is skipped when no UDP/SCTP service
+// port changed (kube-proxy dumps on every sync), and why a node without
+// UDP/SCTP services never dumps.
 //
-// The netlink library's own parser (vishvananda/netlink v1.3.1) reads ports
-// only for TCP and UDP, so a netlink.CustomConntrackFilter never sees an
-// SCTP port: this package dumps and deletes with the library's netlink
-// requests (package nl) and parses the tuples itself.
+// The netlink library's own parser (vishvananda/netlink v1.3.1,
+// ConntrackTableList / ConntrackDeleteFilters) reads ports only for TCP and
+// UDP, so a netlink.CustomConntrackFilter never sees an SCTP port, and it
+// cannot ask the kernel to filter a dump: this package sends the same
+// ctnetlink requests through the library's package nl and parses the
+// tuples itself (without allocating per entry).
 package conntrack
