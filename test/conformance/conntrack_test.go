@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -252,9 +253,23 @@ func conntrackList(l *lab.Lab, dst string) string {
 // endpoint is replaced, and reach a service that goes from no endpoints
 // (and from not existing, which leaves un-DNATed entries) to one. Without
 // conntrack cleanup the first keep reaching the old pod and the second stay
-// black-holed while they keep sending.
+// black-holed while they keep sending. It runs in iptables mode, and in
+// IPVS mode where the kernel has IPVS (test/vm:
+// `go test -c -o /var/tmp/conf.test ./test/conformance && test/vm/run
+// /var/tmp/conf.test -test.run TestConntrackUDPFlowsMove -test.v`).
 func TestConntrackUDPFlowsMove(t *testing.T) {
 	requireRoot(t)
+	for _, mode := range []string{"iptables", "ipvs"} {
+		t.Run(mode, func(t *testing.T) {
+			if _, err := os.Stat("/proc/net/ip_vs"); mode == "ipvs" && err != nil {
+				t.Skipf("no IPVS in this kernel (%v); run it in test/vm", err)
+			}
+			testConntrackUDPFlowsMove(t, mode)
+		})
+	}
+}
+
+func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 	const deadline = 15 * time.Second // generous: the issue asks for < 1 s; measured values are logged
 	l := lab.New(t, lab.Spec{Pods: []lab.Pod{
 		{Name: "client", IP: netip.MustParseAddr("10.244.0.100"), NoEcho: true},
@@ -266,7 +281,7 @@ func TestConntrackUDPFlowsMove(t *testing.T) {
 	writeManifest(t, dir, "node.yaml", []byte(ctNode))
 	writeManifest(t, dir, "dns.yaml", ctService("dns", "10.96.0.53", 30053, "10.244.0.2"))
 	args := append([]string{switchyardBinary(t)}, commonFlags(dir, scenarios.Config{})...)
-	args = append(args, "--min-sync-period", "100ms", "--sync-period", "30s", "--log-level", "debug")
+	args = append(args, "--proxy-mode", mode, "--min-sync-period", "100ms", "--sync-period", "30s", "--log-level", "debug")
 	sy := &liveSwitchyard{t: t, proc: l.Start(l.Node, args...)}
 	mark := sy.waitSync(0, "start")
 
