@@ -96,25 +96,26 @@ func (r *Reconciler) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxi
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range snaps {
-		if s == nil || ctx.Err() != nil {
-			continue
+		switch {
+		case s == nil:
+		case ctx.Err() != nil:
+			r.pending[s.Family] = true // shutting down or timed out: next time
+		default:
+			r.reconcile(s)
 		}
-		r.reconcile(s)
 	}
 	return res, nil
 }
 
-// reconcile cleans one family if a UDP/SCTP service port changed.
+// reconcile cleans one family if a UDP/SCTP service port changed. The
+// snapshot becomes the reference for the next one only once it has been
+// reconciled (or needed nothing), so a failure loses no removed service.
 func (r *Reconciler) reconcile(snap *proxier.Snapshot) {
 	fam := snap.Family
-	prev := r.last[fam]
-	r.last[fam] = snap
-	removed, relevant := changes(prev, snap)
-	if !relevant && !r.pending[fam] {
-		return
-	}
+	removed, relevant := changes(r.last[fam], snap, r.pending[fam])
 	x := newIndex(snap, removed)
-	if x.empty() {
+	if !relevant || x.empty() {
+		r.last[fam] = snap
 		delete(r.pending, fam)
 		return
 	}
@@ -129,6 +130,7 @@ func (r *Reconciler) reconcile(snap *proxier.Snapshot) {
 		r.pending[fam] = true
 		r.log.Warn("conntrack cleanup failed or incomplete; retrying at the next sync", "family", fam, "deleted", res.Deleted, "err", err)
 	default:
+		r.last[fam] = snap
 		delete(r.pending, fam)
 		if res.Deleted > 0 {
 			r.log.Info("deleted stale conntrack entries", "family", fam, "deleted", res.Deleted, "scanned", res.Scanned, "took", took.Round(time.Microsecond))
@@ -140,14 +142,14 @@ func (r *Reconciler) reconcile(snap *proxier.Snapshot) {
 
 // changes returns the UDP/SCTP service ports of prev that snap no longer
 // has, and whether anything that matters to conntrack changed (a full
-// sync, or a change to a UDP/SCTP service port).
-func changes(prev, snap *proxier.Snapshot) (removed []*proxier.ServicePort, relevant bool) {
+// sync, a retry, or a change to a UDP/SCTP service port).
+func changes(prev, snap *proxier.Snapshot, retry bool) (removed []*proxier.ServicePort, relevant bool) {
 	gone := func(sp *proxier.ServicePort) {
 		if handled(sp.Protocol) && snap.Lookup(sp.Name) == nil {
 			removed = append(removed, sp)
 		}
 	}
-	if snap.FullSync || prev == nil {
+	if snap.FullSync || prev == nil || retry {
 		relevant = true
 		if prev != nil {
 			for _, sp := range prev.Services {

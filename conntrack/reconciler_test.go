@@ -227,3 +227,64 @@ func TestReconcilerForwards(t *testing.T) {
 		t.Errorf("Unwrap returned nil")
 	}
 }
+
+// TestReconcilerRemovalSurvivesFailure: a service removed in a sync whose
+// reconcile failed (or was cut short by a cancelled context) is still
+// cleaned at the next sync, even if that one changes nothing.
+func TestReconcilerRemovalSurvivesFailure(t *testing.T) {
+	for _, how := range []string{"table error", "cancelled context"} {
+		t.Run(how, func(t *testing.T) {
+			table := &fakeTable{flows: map[proxier.IPFamily][]Flow{proxier.IPv4: {
+				flow(UDP, "10.0.0.6:5353", "10.96.0.10:53", "10.244.0.2:53"),
+			}}}
+			r, _, _ := newTestReconciler(table)
+			dns := svc("dns", UDP, "10.96.0.10", 53, 0, "10.244.0.2:53")
+			other := svc("other", UDP, "10.96.0.11", 53, 0, "10.244.0.3:53")
+			if _, err := r.Sync(context.Background(), []*proxier.Snapshot{snapshot(proxier.IPv4, true, nil, dns, other)}); err != nil {
+				t.Fatal(err)
+			}
+			if len(table.flows[proxier.IPv4]) != 1 {
+				t.Fatalf("a valid flow was deleted: %q", table.strings(proxier.IPv4))
+			}
+			// dns is removed; this reconcile does not happen.
+			ctx := context.Background()
+			if how == "table error" {
+				table.fail = errBoom
+			} else {
+				c, cancel := context.WithCancel(ctx)
+				cancel()
+				ctx = c
+			}
+			if _, err := r.Sync(ctx, []*proxier.Snapshot{snapshot(proxier.IPv4, false, []*proxier.ServicePort{dns}, other)}); err != nil {
+				t.Fatal(err)
+			}
+			table.fail = nil
+			if _, err := r.Sync(context.Background(), []*proxier.Snapshot{snapshot(proxier.IPv4, false, nil, other)}); err != nil {
+				t.Fatal(err)
+			}
+			if got := table.strings(proxier.IPv4); len(got) != 0 {
+				t.Errorf("the flow of the removed service survived: %q", got)
+			}
+		})
+	}
+}
+
+// TestReconcilerProtocols: only the protocols in use are dumped.
+func TestReconcilerProtocols(t *testing.T) {
+	table := &fakeTable{flows: map[proxier.IPFamily][]Flow{}}
+	r, _, _ := newTestReconciler(table)
+	sctp := svc("sig", SCTP, "10.96.0.11", 9000, 0, "10.244.0.4:9000")
+	if _, err := r.Sync(context.Background(), []*proxier.Snapshot{snapshot(proxier.IPv4, true, nil, sctp)}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(table.protocols, []proxier.Protocol{SCTP}) {
+		t.Errorf("dumped %v, want SCTP only", table.protocols)
+	}
+	dns := svc("dns", UDP, "10.96.0.10", 53, 0, "10.244.0.2:53")
+	if _, err := r.Sync(context.Background(), []*proxier.Snapshot{snapshot(proxier.IPv4, false, []*proxier.ServicePort{dns}, dns, sctp)}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(table.protocols, []proxier.Protocol{UDP, SCTP}) {
+		t.Errorf("dumped %v, want UDP then SCTP", table.protocols)
+	}
+}
