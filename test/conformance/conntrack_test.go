@@ -270,7 +270,9 @@ func TestConntrackUDPFlowsMove(t *testing.T) {
 }
 
 func testConntrackUDPFlowsMove(t *testing.T, mode string) {
-	const deadline = 15 * time.Second // generous: the issue asks for < 1 s; measured values are logged
+	// Generous (emulated VMs are slow): the issue asks for < 1 s; the
+	// measured values are logged.
+	const deadline = 60 * time.Second
 	l := lab.New(t, lab.Spec{Pods: []lab.Pod{
 		{Name: "client", IP: netip.MustParseAddr("10.244.0.100"), NoEcho: true},
 		{Name: "dns-old", IP: netip.MustParseAddr("10.244.0.2"), UDPPorts: []uint16{5353}},
@@ -283,7 +285,7 @@ func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 	args := append([]string{switchyardBinary(t)}, commonFlags(dir, scenarios.Config{})...)
 	args = append(args, "--proxy-mode", mode, "--min-sync-period", "100ms", "--sync-period", "30s", "--log-level", "debug")
 	sy := &liveSwitchyard{t: t, proc: l.Start(l.Node, args...)}
-	mark := sy.waitSync(0, "start")
+	mark := waitWrote(sy, 0, "start")
 
 	client := l.Pod("client").NS
 
@@ -310,7 +312,7 @@ func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 				t.Errorf("%s: the old pod answered after the move: %v", p.name, got)
 			}
 		}
-		mark = sy.waitSync(mark, "replacing the endpoint")
+		mark = waitWrote(sy, mark, "replacing the endpoint")
 	})
 
 	t.Run("zero endpoints to one", func(t *testing.T) {
@@ -333,7 +335,7 @@ func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 
 		// It appears with no endpoint, then gets its first one.
 		writeManifest(t, dir, "late.yaml", ctService("late", "10.96.0.54", 30054))
-		mark = sy.waitSync(mark, "adding the late service without endpoints")
+		mark = waitWrote(sy, mark, "adding the late service without endpoints")
 		changed := time.Now()
 		writeManifest(t, dir, "late.yaml", ctService("late", "10.96.0.54", 30054, "10.244.0.4"))
 		for _, p := range []*udpProbe{lateCluster, lateNode} {
@@ -350,6 +352,26 @@ func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 			t.Logf("switchyard: %s", line)
 		}
 	}
+}
+
+// waitWrote is liveSwitchyard.waitSync with a deadline that suits an
+// emulated VM, where one IPVS sync takes seconds.
+func waitWrote(s *liveSwitchyard, mark int, what string) int {
+	s.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		out := s.proc.Output()
+		if loc := syncedLine.FindStringIndex(out[mark:]); loc != nil {
+			return mark + loc[1]
+		}
+		select {
+		case <-s.proc.Done():
+			s.t.Fatalf("switchyard exited while waiting for the sync after %s:\n%s", what, out)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	s.t.Fatalf("no sync within 2 min after %s; output:\n%s", what, s.proc.Output())
+	return 0
 }
 
 // poll waits until check returns "" (30 s at most).
