@@ -284,8 +284,9 @@ func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 	writeManifest(t, dir, "dns.yaml", ctService("dns", "10.96.0.53", 30053, "10.244.0.2"))
 	args := append([]string{switchyardBinary(t)}, commonFlags(dir, scenarios.Config{})...)
 	args = append(args, "--proxy-mode", mode, "--min-sync-period", "100ms", "--sync-period", "30s", "--log-level", "debug")
-	sy := &liveSwitchyard{t: t, proc: l.Start(l.Node, args...)}
-	mark := waitWrote(sy, 0, "start")
+	proc := l.Start(l.Node, args...)
+	mark := waitWrote(t, proc, 0, "start")
+	var logs []string // output of the processes stopped so far
 
 	client := l.Pod("client").NS
 
@@ -312,7 +313,33 @@ func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 				t.Errorf("%s: the old pod answered after the move: %v", p.name, got)
 			}
 		}
-		mark = waitWrote(sy, mark, "replacing the endpoint")
+		mark = waitWrote(t, proc, mark, "replacing the endpoint")
+	})
+
+	t.Run("restart keeps valid flows", func(t *testing.T) {
+		// kubernetes#122740: a restart must not flush conntrack. The
+		// first sync reconciles against the full snapshot and finds
+		// nothing stale: the flows made above (to dns-new) stay.
+		p := startProbe(t, "pod→clusterIP (restart)", client, netip.MustParseAddrPort("10.244.0.100:40055"), netip.MustParseAddrPort("10.96.0.53:53"))
+		p.waitFor(t, "dns-new", time.Now(), deadline)
+		before := conntrackList(l, "10.96.0.53")
+		proc.Stop()
+		logs = append(logs, proc.Output())
+		proc = l.Start(l.Node, args...)
+		mark = waitWrote(t, proc, 0, "the restart")
+		restarted := time.Now()
+		out := proc.Output()
+		if !strings.Contains(out, `msg="conntrack reconciled"`) {
+			t.Errorf("the first sync after the restart did not reconcile conntrack:\n%s", out)
+		}
+		if strings.Contains(out, "deleted stale conntrack entries") {
+			t.Errorf("the restart deleted valid conntrack entries:\n%s", out)
+		}
+		p.waitFor(t, "dns-new", restarted, deadline)
+		if got := p.answersAfter(restarted); strings.Contains(strings.Join(got, " "), "dns-old") {
+			t.Errorf("the old pod answered after the restart: %v", got)
+		}
+		t.Logf("entries before the restart:\n%s\nafter:\n%s", before, conntrackList(l, "10.96.0.53"))
 	})
 
 	t.Run("zero endpoints to one", func(t *testing.T) {
@@ -335,7 +362,7 @@ func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 
 		// It appears with no endpoint, then gets its first one.
 		writeManifest(t, dir, "late.yaml", ctService("late", "10.96.0.54", 30054))
-		mark = waitWrote(sy, mark, "adding the late service without endpoints")
+		mark = waitWrote(t, proc, mark, "adding the late service without endpoints")
 		changed := time.Now()
 		writeManifest(t, dir, "late.yaml", ctService("late", "10.96.0.54", 30054, "10.244.0.4"))
 		for _, p := range []*udpProbe{lateCluster, lateNode} {
@@ -344,33 +371,36 @@ func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 		}
 	})
 
-	if out := sy.proc.Output(); !strings.Contains(out, "deleted stale conntrack entries") {
-		t.Errorf("switchyard never logged a conntrack cleanup:\n%s", out)
+	all := strings.Join(append(logs, proc.Output()), "")
+	if !strings.Contains(all, "deleted stale conntrack entries") {
+		t.Errorf("switchyard never logged a conntrack cleanup:\n%s", all)
 	}
-	for _, line := range strings.Split(sy.proc.Output(), "\n") {
+	for _, line := range strings.Split(all, "\n") {
 		if strings.Contains(line, "conntrack") || strings.Contains(line, "msg=synced") {
 			t.Logf("switchyard: %s", line)
 		}
 	}
 }
 
-// waitWrote is liveSwitchyard.waitSync with a deadline that suits an
-// emulated VM, where one IPVS sync takes seconds.
-func waitWrote(s *liveSwitchyard, mark int, what string) int {
-	s.t.Helper()
+// waitWrote waits until proc logs a sync that wrote rules after byte
+// offset mark of its output and returns the new offset (as
+// liveSwitchyard.waitSync, with a deadline that suits an emulated VM, where
+// one IPVS sync takes seconds).
+func waitWrote(t *testing.T, proc *lab.Process, mark int, what string) int {
+	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
-		out := s.proc.Output()
+		out := proc.Output()
 		if loc := syncedLine.FindStringIndex(out[mark:]); loc != nil {
 			return mark + loc[1]
 		}
 		select {
-		case <-s.proc.Done():
-			s.t.Fatalf("switchyard exited while waiting for the sync after %s:\n%s", what, out)
+		case <-proc.Done():
+			t.Fatalf("switchyard exited while waiting for the sync after %s:\n%s", what, out)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	s.t.Fatalf("no sync within 2 min after %s; output:\n%s", what, s.proc.Output())
+	t.Fatalf("no sync within 2 min after %s; output:\n%s", what, proc.Output())
 	return 0
 }
 
