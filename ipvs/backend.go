@@ -35,7 +35,9 @@ type Config struct {
 	NodePortMin, NodePortMax uint16
 	// IPTablesMode selects iptables-nft or -legacy; "" means auto.
 	IPTablesMode iptables.Mode
-	// Executor runs ipset, iptables and conntrack; nil runs them here.
+	// Executor runs ipset and iptables; nil runs them here. (Stale UDP
+	// conntrack entries are deleted by package conntrack, which wraps
+	// every backend.)
 	Executor iptables.Executor
 	// Kernel drives IPVS and swy-ipvs0; nil opens a NetlinkKernel on the
 	// first Sync or Cleanup.
@@ -362,9 +364,6 @@ func (b *Backend) applyOp(ctx context.Context, k Kernel, o Op) error {
 	case OpDelService:
 		if err = k.DelService(o.Server.Key); err == nil {
 			delete(b.created, o.Server.Key)
-			if o.FlushConntrack {
-				b.flushConntrack(ctx, o.Server.Key, nil)
-			}
 		}
 	case OpAddDest:
 		err = k.AddDest(o.Server.Key, o.Dest)
@@ -374,34 +373,11 @@ func (b *Backend) applyOp(ctx context.Context, k Kernel, o Op) error {
 			b.log.Info("real server quiesced (graceful termination)", "service", o.Server.Key.String(), "dest", o.Dest.Addr.String())
 		}
 	case OpDelDest:
-		if err = k.DelDest(o.Server.Key, o.Dest); err == nil && o.FlushConntrack {
-			b.flushConntrack(ctx, o.Server.Key, &o.Dest)
-		}
+		err = k.DelDest(o.Server.Key, o.Dest)
 	default:
 		return nil
 	}
 	return err
-}
-
-// flushConntrack deletes the UDP conntrack entries of a removed virtual
-// server (dest nil) or real server. Failures are logged: a stale entry
-// only delays the switch to another endpoint.
-func (b *Backend) flushConntrack(ctx context.Context, k Key, d *RealServer) {
-	args := []string{"-D", "-p", "udp"}
-	if k.FWMark == 0 {
-		args = append(args, "--orig-dst", k.Addr.String(), "--orig-port-dst", fmt.Sprint(k.Port))
-	}
-	if d != nil {
-		args = append(args, "--reply-src", d.Addr.Addr().String(), "--reply-port-src", fmt.Sprint(d.Addr.Port()))
-	}
-	if k.Family == proxier.IPv6 {
-		args = append(args, "-f", "ipv6")
-	}
-	_, stderr, err := b.cfg.Executor.Run(ctx, nil, "conntrack", args...)
-	// conntrack exits 1 when no entry matched.
-	if err != nil && !strings.Contains(string(stderr), "0 flow entries") {
-		b.log.Warn("conntrack flush failed", "args", strings.Join(args, " "), "stderr", strings.TrimSpace(string(stderr)), "err", err)
-	}
 }
 
 // syncRules writes the iptables rules of each family whose text changed

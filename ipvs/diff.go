@@ -61,9 +61,6 @@ type Op struct {
 	// Set and Member are the set operations' operands.
 	Set    *IPSet
 	Member string
-	// FlushConntrack asks for the UDP conntrack entries of the deleted
-	// real server (or virtual server) to be removed.
-	FlushConntrack bool
 }
 
 // String prints the operation for logs and tests, e.g.
@@ -83,17 +80,9 @@ func (o Op) String() string {
 		}
 		return s
 	case OpDelService:
-		s := fmt.Sprintf("%s %s", o.Kind, o.Server.Key)
-		if o.FlushConntrack {
-			s += " +conntrack"
-		}
-		return s
+		return fmt.Sprintf("%s %s", o.Kind, o.Server.Key)
 	default:
-		s := fmt.Sprintf("%s %s -> %s weight %d", o.Kind, o.Server.Key, o.Dest.Addr, o.Dest.Weight)
-		if o.FlushConntrack {
-			s += " +conntrack"
-		}
-		return s
+		return fmt.Sprintf("%s %s -> %s weight %d", o.Kind, o.Server.Key, o.Dest.Addr, o.Dest.Weight)
 	}
 }
 
@@ -212,7 +201,7 @@ func Diff(desired *State, dump *Dump, opts DiffOptions) ([]Op, map[DestKey]time.
 		if desired.Server(v.Key) != nil || !owned(v.Key, desired, have, opts) {
 			continue
 		}
-		emit(Op{Kind: OpDelService, Server: v, FlushConntrack: v.FWMark == 0 && v.Protocol == proxier.UDP})
+		emit(Op{Kind: OpDelService, Server: v})
 	}
 	var ops []Op
 	for _, b := range buckets {
@@ -263,7 +252,7 @@ func diffDests(v, old *VirtualServer, opts DiffOptions, emit func(Op), terminati
 		k := DestKey{Server: v.Key, Dest: d.Addr}
 		switch {
 		case udp:
-			emit(Op{Kind: OpDelDest, Server: v, Dest: d, FlushConntrack: true})
+			emit(Op{Kind: OpDelDest, Server: v, Dest: d})
 		case d.ActiveConns+d.InactiveConns == 0:
 			emit(Op{Kind: OpDelDest, Server: v, Dest: d})
 		case d.Weight != 0:

@@ -180,7 +180,7 @@ func TestDiffRecoversWeightZero(t *testing.T) {
 	}
 }
 
-func TestDiffUDPDeletesAtOnceWithConntrack(t *testing.T) {
+func TestDiffUDPDeletesAtOnce(t *testing.T) {
 	old := mustRender(t, snapshot(svc("dns", proxier.UDP, "10.96.0.53", 53, ep("10.244.1.1:53", true), ep("10.244.1.2:53", true))))
 	now := mustRender(t, snapshot(svc("dns", proxier.UDP, "10.96.0.53", 53, ep("10.244.1.1:53", true))))
 	dump := dumpOf(old)
@@ -192,7 +192,7 @@ func TestDiffUDPDeletesAtOnceWithConntrack(t *testing.T) {
 			got = append(got, s)
 		}
 	}
-	if !slices.Equal(got, []string{"del-dest UDP  10.96.0.53:53 -> 10.244.1.2:53 weight 1 +conntrack"}) {
+	if !slices.Equal(got, []string{"del-dest UDP  10.96.0.53:53 -> 10.244.1.2:53 weight 1"}) {
 		t.Fatalf("ops %v", got)
 	}
 }

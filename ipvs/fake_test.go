@@ -189,7 +189,7 @@ func (k *fakeKernel) DeleteDummy() error {
 	return nil
 }
 
-// fakeExec simulates ipset, iptables-nft(-save/-restore) and conntrack.
+// fakeExec simulates ipset and iptables-nft(-save/-restore).
 type fakeExec struct {
 	mu       sync.Mutex
 	sets     map[string]*IPSet
@@ -251,8 +251,6 @@ func (e *fakeExec) Run(_ context.Context, stdin []byte, name string, args ...str
 	case name == "ipset" && len(args) > 0 && args[0] == "restore":
 		e.restores++
 		return nil, nil, e.ipsetRestore(string(stdin))
-	case name == "conntrack":
-		return nil, []byte("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted."), exitErr{1}
 	case strings.HasSuffix(name, "-save"):
 		if len(args) == 2 && args[0] == "-t" {
 			return []byte(e.save(name, args[1])), nil, nil

@@ -15,7 +15,8 @@
 // LivezProbe (healthz.ProbeRecorder); the change tracker calls
 // ServiceChanged, EndpointsChanged and SetPending; the runner's SyncFunc
 // calls NetworkProgrammed (with the LastChangeTriggerTime of the slices the
-// sync picked up) and ObserveSnapshots once Backend.Sync has succeeded.
+// sync picked up) and ObserveSnapshots once Backend.Sync has succeeded;
+// the conntrack reconciler calls ConntrackReconciled (conntrack.Recorder).
 package metrics
 
 import (
@@ -84,6 +85,8 @@ type Metrics struct {
 	nodePortConflicts   *prometheus.GaugeVec
 	healthzTotal        *prometheus.CounterVec
 	livezTotal          *prometheus.CounterVec
+	conntrackDuration   *prometheus.HistogramVec
+	conntrackDeleted    *prometheus.CounterVec
 
 	syncFailures *prometheus.CounterVec
 	syncs        *prometheus.CounterVec
@@ -134,6 +137,9 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 		Help: alpha("Cumulative proxy healthz HTTP status")}, []string{"code"})
 	m.livezTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_livez_total",
 		Help: alpha("Cumulative proxy livez HTTP status")}, []string{"code"})
+	m.conntrackDuration = hist("conntrack_reconciler_sync_duration_seconds", "ReconcileConntrackFlowsLatency latency in seconds", SyncBuckets)
+	m.conntrackDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "conntrack_reconciler_deleted_entries_total",
+		Help: alpha("Cumulative conntrack flows deleted by conntrack reconciler")}, fam)
 	switch mode {
 	case "iptables", "ipvs":
 		m.modeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_iptables_restore_failures_total",
@@ -157,7 +163,7 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.syncDuration, m.syncFullDuration, m.syncPartialDuration, m.networkProgramming,
 		m.lastSync, m.lastQueued, m.endpointPending, m.endpointTotal, m.servicePending, m.serviceTotal,
-		m.noLocalEndpoints, m.nodePortConflicts, m.healthzTotal, m.livezTotal,
+		m.noLocalEndpoints, m.nodePortConflicts, m.healthzTotal, m.livezTotal, m.conntrackDuration, m.conntrackDeleted,
 		m.syncFailures, m.syncs, m.lastBytes, m.lastRules,
 	)
 	if m.modeFailures != nil {
@@ -170,6 +176,8 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 		}
 		m.lastSync.WithLabelValues(f)
 		m.lastQueued.WithLabelValues(f)
+		m.conntrackDuration.WithLabelValues(f)
+		m.conntrackDeleted.WithLabelValues(f)
 		if m.modeFailures != nil {
 			m.modeFailures.WithLabelValues(f)
 		}
@@ -304,6 +312,14 @@ func (m *Metrics) ObserveSnapshots(snaps []*proxier.Snapshot) {
 		m.noLocalEndpoints.WithLabelValues(s.Family.String(), "external").Set(float64(external))
 		m.nodePortConflicts.WithLabelValues(s.Family.String()).Set(float64(conflicts))
 	}
+}
+
+// ConntrackReconciled records one conntrack reconcile of family (package
+// conntrack's Recorder): kubeproxy_conntrack_reconciler_sync_duration_seconds
+// and kubeproxy_conntrack_reconciler_deleted_entries_total.
+func (m *Metrics) ConntrackReconciled(family proxier.IPFamily, took time.Duration, deleted int) {
+	m.conntrackDuration.WithLabelValues(family.String()).Observe(took.Seconds())
+	m.conntrackDeleted.WithLabelValues(family.String()).Add(float64(deleted))
 }
 
 // HealthzProbe counts one /healthz answer.

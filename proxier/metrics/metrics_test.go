@@ -431,3 +431,20 @@ func TestBuildInfoConfigzAndStability(t *testing.T) {
 		}
 	}
 }
+
+func TestConntrackReconciled(t *testing.T) {
+	m := New("iptables", proxier.IPv4, proxier.IPv6)
+	base := serve(t, m)
+	m.ConntrackReconciled(proxier.IPv4, 3*time.Millisecond, 2)
+	m.ConntrackReconciled(proxier.IPv4, time.Millisecond, 1)
+	fams := scrape(t, base)
+	if n, sum := histCount(t, fams, "kubeproxy_conntrack_reconciler_sync_duration_seconds", v4); n != 2 || !near(sum, 0.004) {
+		t.Errorf("IPv4 reconcile duration: %d observations, sum %v; want 2, 0.004", n, sum)
+	}
+	if v := value(t, fams, "kubeproxy_conntrack_reconciler_deleted_entries_total", v4); v != 3 {
+		t.Errorf("IPv4 deleted entries = %v, want 3", v)
+	}
+	if v := value(t, fams, "kubeproxy_conntrack_reconciler_deleted_entries_total", map[string]string{"ip_family": "IPv6"}); v != 0 {
+		t.Errorf("IPv6 deleted entries = %v, want 0 (present from the start)", v)
+	}
+}

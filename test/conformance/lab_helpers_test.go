@@ -43,6 +43,9 @@ var switchyardBuild struct {
 // place in the OS temp folder (replaced atomically by each build).
 func switchyardBinary(t testing.TB) string {
 	t.Helper()
+	if p := os.Getenv("SWY_SWITCHYARD_BIN"); p != "" {
+		return p // prebuilt (the VM, where compiling is slow)
+	}
 	switchyardBuild.once.Do(func() {
 		goTool := "go"
 		if _, err := exec.LookPath("go"); err != nil {

@@ -17,7 +17,9 @@ func watchAddresses(ctx context.Context, changed func(), log *slog.Logger) {
 	updates := make(chan netlink.AddrUpdate, 64)
 	done := make(chan struct{})
 	err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
-		ErrorCallback: func(err error) { log.Warn("address watch failed; node-port addresses follow Node updates only", "err", err) },
+		ErrorCallback: func(err error) {
+			log.Warn("address watch failed; node-port addresses follow Node updates only", "err", err)
+		},
 	})
 	if err != nil {
 		log.Warn("cannot watch interface addresses; node-port addresses follow Node updates only", "err", err)

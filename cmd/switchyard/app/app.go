@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/switchyard-proxy/switchyard/conntrack"
 	"github.com/switchyard-proxy/switchyard/iptables"
 	"github.com/switchyard-proxy/switchyard/ipvs"
 	"github.com/switchyard-proxy/switchyard/proxier"
@@ -186,8 +187,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return runProxy(ctx, o, s, log)
 }
 
-// backendFactory builds backends; tests replace it with fakes.
-var backendFactory = newBackend
+// backendFactory builds backends, with conntrack cleanup in every mode;
+// tests replace it with fakes.
+var backendFactory = func(o *Options, log *slog.Logger) (proxier.Backend, error) {
+	b, err := newBackend(o, log)
+	if err != nil {
+		return nil, err
+	}
+	return conntrack.Wrap(b, conntrack.Config{Logger: log}), nil
+}
 
 // newBackend builds the backend of the chosen proxy mode.
 func newBackend(o *Options, log *slog.Logger) (proxier.Backend, error) {

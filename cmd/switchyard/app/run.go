@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/switchyard-proxy/switchyard/conntrack"
 	"github.com/switchyard-proxy/switchyard/internal/nodetune"
 	"github.com/switchyard-proxy/switchyard/nodeport"
 	"github.com/switchyard-proxy/switchyard/proxier"
@@ -51,6 +52,9 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	var configChanged <-chan error
 	if o.ConfigFile != "" && !o.Once {
 		configChanged = watchConfigFile(ctx, o.ConfigFile, o.configData, log)
+	}
+	if c, ok := backend.(*conntrack.Reconciler); ok {
+		c.SetRecorder(obs.metrics)
 	}
 
 	var r *runner.Runner
