@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -89,7 +90,7 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("iptables: unknown mode %q (want auto, nft or legacy)", cfg.Mode)
 	}
 	if cfg.Executor == nil {
-		cfg.Executor = &CommandExecutor{}
+		cfg.Executor = &iptexec.CommandExecutor{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -130,7 +131,7 @@ func (b *Backend) resolveMode(ctx context.Context) (Mode, error) {
 	if b.mode != "" {
 		return b.mode, nil
 	}
-	m, err := detectMode(ctx, b.cfg.Executor)
+	m, err := iptexec.Detect(ctx, b.cfg.Executor)
 	if err != nil {
 		return "", fmt.Errorf("iptables: detect flavour: %w", err)
 	}
@@ -200,12 +201,12 @@ func (b *Backend) syncFamily(ctx context.Context, t tools, snap *proxier.Snapsho
 // tables (someone flushing the tables removes it).
 func (b *Backend) canaryPresent(ctx context.Context, t tools) (bool, error) {
 	for _, table := range tableOrder {
-		_, stderr, err := b.cfg.Executor.Run(ctx, nil, t.iptables, "-w", "-t", table, "-S", chainCanary)
+		_, stderr, err := b.cfg.Executor.Run(ctx, nil, t.IPTables, "-w", "-t", table, "-S", chainCanary)
 		if err != nil {
 			if ctx.Err() != nil {
 				return false, ctx.Err()
 			}
-			b.log.Info("canary chain missing", "table", table, "stderr", trim(stderr))
+			b.log.Info("canary chain missing", "table", table, "stderr", iptexec.Trim(stderr))
 			return false, nil
 		}
 	}
@@ -229,14 +230,14 @@ func (b *Backend) fullSync(ctx context.Context, t tools, r *renderer, st *family
 		for _, c := range w.write[table] {
 			want[c.name] = true
 		}
-		for _, name := range saved[table].own {
+		for _, name := range saved[table].Own {
 			if !want[name] {
 				w.delete[table] = append(w.delete[table], name)
 			}
 		}
 	}
 	w.jumps = missingJumps(saved)
-	w.listAll = t.nft
+	w.listAll = t.NFT
 	text, rules := w.bytes(familyHeader(r.snap.Family))
 	if err := b.restore(ctx, t, text); err != nil {
 		st.valid = false
@@ -395,7 +396,7 @@ func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *fam
 	w.canary = true
 	for _, table := range tableOrder {
 		slices.Sort(w.delete[table])
-		if t.nft && w.chainsNamed(table) > partialListAllChains {
+		if t.NFT && w.chainsNamed(table) > partialListAllChains {
 			w.listAll = true
 		}
 	}

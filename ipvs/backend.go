@@ -5,14 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 	"github.com/switchyard-proxy/switchyard/iptables"
+	"github.com/switchyard-proxy/switchyard/nodeport"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -154,26 +155,7 @@ func (b *Backend) renderOptions() RenderOptions {
 // InterfaceAddresses returns the addresses of every interface of this
 // network namespace except swy-ipvs0 (whose addresses are service VIPs).
 func InterfaceAddresses() ([]netip.Addr, error) {
-	ifaces, err := net.Interfaces()
-	if err != nil {
-		return nil, fmt.Errorf("list interfaces: %w", err)
-	}
-	var out []netip.Addr
-	for _, ifc := range ifaces {
-		if ifc.Name == DummyInterface {
-			continue
-		}
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			return nil, fmt.Errorf("list addresses of %s: %w", ifc.Name, err)
-		}
-		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil {
-				out = append(out, p.Addr().Unmap())
-			}
-		}
-	}
-	return out, nil
+	return nodeport.LocalAddresses(DummyInterface)
 }
 
 // FormatState prints a state as Backend.Render does.
@@ -206,7 +188,7 @@ func (b *Backend) ensureKernel() (Kernel, error) {
 
 func (b *Backend) ensureFlavour(ctx context.Context) (iptables.Mode, error) {
 	if b.flavour == "" {
-		m, err := detectFlavour(ctx, b.cfg.Executor)
+		m, err := iptexec.Detect(ctx, b.cfg.Executor)
 		if err != nil {
 			return "", fmt.Errorf("ipvs: pick iptables flavour: %w", err)
 		}
@@ -413,7 +395,7 @@ func (b *Backend) syncRules(ctx context.Context, desired *State) (int, error) {
 	}
 	n := 0
 	for _, fr := range desired.Rules {
-		t := iptTools(m, fr.Family)
+		t := iptexec.ToolsFor(m, fr.Family)
 		if b.rules[fr.Family] == fr.Text && b.hooksPresent(ctx, t) {
 			continue
 		}
@@ -427,9 +409,9 @@ func (b *Backend) syncRules(ctx context.Context, desired *State) (int, error) {
 	return n, nil
 }
 
-func (b *Backend) hooksPresent(ctx context.Context, t ipt) bool {
+func (b *Backend) hooksPresent(ctx context.Context, t iptexec.Tools) bool {
 	for _, h := range hooks {
-		if !hookPresent(ctx, b.cfg.Executor, t, h) {
+		if !h.Present(ctx, b.cfg.Executor, t) {
 			return false
 		}
 	}
@@ -440,14 +422,9 @@ func (b *Backend) hooksPresent(ctx context.Context, t ipt) bool {
 // interfaces (node ports live on them).
 func localAddresses() map[netip.Addr]bool {
 	out := map[netip.Addr]bool{}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return out
-	}
+	addrs, _ := nodeport.LocalAddresses()
 	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			out[p.Addr().Unmap()] = true
-		}
+		out[a] = true
 	}
 	return out
 }
@@ -498,7 +475,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 			continue
 		}
 		for _, f := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
-			if err := cleanupRules(ctx, b.cfg.Executor, iptTools(m, f)); err != nil {
+			if err := cleanupRules(ctx, b.cfg.Executor, iptexec.ToolsFor(m, f)); err != nil {
 				errs = append(errs, err)
 			}
 		}
