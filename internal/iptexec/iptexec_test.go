@@ -124,3 +124,49 @@ func TestRestoreErrorNamesLine(t *testing.T) {
 		t.Errorf("ToolsFor = %+v", tl)
 	}
 }
+
+// Pairs of a rule as switchyard writes it and as iptables-save (nft and
+// legacy, 1.8.9) prints it back; the kernel tests of the iptables and ipvs
+// packages check every rendered rule against the real tools.
+func TestCanonicalMatchesSaveOutput(t *testing.T) {
+	for _, p := range [][2]string{
+		{`-d 10.96.0.40 -p tcp --dport 443 -m comment --comment "default/lb:https cluster IP" -j SWY-SVC-X`,
+			`-d 10.96.0.40/32 -p tcp -m tcp --dport 443 -m comment --comment "default/lb:https cluster IP" -j SWY-SVC-X`},
+		{`-m comment --comment "default/lb:https" -s 10.244.1.4 -j SWY-MARK-MASQ`,
+			`-s 10.244.1.4/32 -m comment --comment "default/lb:https" -j SWY-MARK-MASQ`},
+		{`-m comment --comment "a -> b" -m statistic --mode random --probability 0.3333333333 -j SWY-SEP-X`,
+			`-m comment --comment "a -> b" -m statistic --mode random --probability 0.33333333349 -j SWY-SEP-X`},
+		{`-j MARK --or-mark 0x4000`, `-j MARK --set-xmark 0x4000/0x4000`},
+		{`-j MARK --xor-mark 0x4000`, `-j MARK --set-xmark 0x4000/0x0`},
+		{`-p tcp -m addrtype --dst-type LOCAL --dport 30020 -m comment --comment "x has no endpoints" -j REJECT`,
+			`-p tcp -m addrtype --dst-type LOCAL -m tcp --dport 30020 -m comment --comment "x has no endpoints" -j REJECT --reject-with icmp-port-unreachable`},
+		{`-m comment --comment "s" -m recent --name SWY-SEP-X --set -p tcp -j DNAT --to-destination [fd00::5]:8080`,
+			`-p tcp -m comment --comment "s" -m recent --set --name SWY-SEP-X --mask ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff --rsource -j DNAT --to-destination [fd00::5]:8080`},
+		{`! -s 10.244.0.0/16 -d fd00::a -p udp --dport 53 -j X`, `! -s 10.244.0.0/16 -d fd00::a/128 -p udp -m udp --dport 53 -j X`},
+		{`-m mark --mark 0x10000000/0xffffffff -j X`, `-m mark --mark 0x10000000 -j X`},
+		{`-m comment --comment "say \"hi\"" -j X`, `-m comment --comment "say \"hi\"" -j X`},
+	} {
+		if a, b := Canonical(p[0]), Canonical(p[1]); a != b {
+			t.Errorf("written and saved forms differ:\n%s\n%s", a, b)
+		}
+	}
+	// What matters still differs.
+	for _, p := range [][2]string{
+		{`-d 10.96.0.1 -j X`, `-d 10.96.0.2 -j X`},
+		{`-s 10.0.0.0/8 -j X`, `! -s 10.0.0.0/8 -j X`},
+		{`-j DNAT --to-destination 10.0.0.1:80`, `-j DNAT --to-destination 10.0.0.1:81`},
+		{`-m statistic --mode random --probability 0.5 -j X`, `-m statistic --mode random --probability 0.25 -j X`},
+		{`-m comment --comment "a b" -j X`, `-m comment --comment "a  b" -j X`},
+	} {
+		if Canonical(p[0]) == Canonical(p[1]) {
+			t.Errorf("different rules fingerprint alike: %q %q", p[0], p[1])
+		}
+	}
+	body := "-A SWY-A -j X\n-A SWY-A -j Y\n"
+	if SumBody(body) != SumRules(":SWY-A - [0:0]\n" + body)["SWY-A"] || SumBody(body).Rules != 2 {
+		t.Error("SumBody and SumRules disagree")
+	}
+	if SumBody("-A SWY-A -j Y\n-A SWY-A -j X\n") == SumBody(body) {
+		t.Error("rule order does not change the Sum")
+	}
+}

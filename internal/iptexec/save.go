@@ -18,6 +18,9 @@ type Table struct {
 	ForeignJumps []string
 	// Rules counts the rules of each chain that is not owned.
 	Rules map[string]int
+	// Sums fingerprints the rules of each owned chain (only from
+	// SaveSums and ParseSaveSums).
+	Sums map[string]Sum
 }
 
 // Save runs `iptables-save -t table` of t and parses it with prefix.
@@ -29,10 +32,29 @@ func Save(ctx context.Context, ex Executor, t Tools, table, prefix string) (*Tab
 	return ParseSave(out, prefix), nil
 }
 
+// SaveSums is Save with the Sums of the owned chains: what a drift check
+// compares with the Sums of what was written (SumRules).
+func SaveSums(ctx context.Context, ex Executor, t Tools, table, prefix string) (*Table, error) {
+	out, stderr, err := ex.Run(ctx, nil, t.Save, "-t", table)
+	if err != nil {
+		return nil, fmt.Errorf("%s -t %s: %s: %w", t.Save, table, Trim(stderr), err)
+	}
+	return ParseSaveSums(out, prefix), nil
+}
+
 // ParseSave parses iptables-save output of one table: the chains whose
 // name starts with prefix are owned.
-func ParseSave(out []byte, prefix string) *Table {
+func ParseSave(out []byte, prefix string) *Table { return parseSave(out, prefix, false) }
+
+// ParseSaveSums is ParseSave with the Sums of the owned chains.
+func ParseSaveSums(out []byte, prefix string) *Table { return parseSave(out, prefix, true) }
+
+func parseSave(out []byte, prefix string, sums bool) *Table {
 	st := &Table{Rules: map[string]int{}}
+	var summers map[string]*summer
+	if sums {
+		summers = map[string]*summer{}
+	}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 0, 64*1024), 16*1024*1024)
 	for sc.Scan() {
@@ -41,12 +63,28 @@ func ParseSave(out []byte, prefix string) *Table {
 		case strings.HasPrefix(line, ":"+prefix):
 			name, _, _ := strings.Cut(line[1:], " ")
 			st.Own = append(st.Own, name)
-		case strings.HasPrefix(line, "-A ") && !strings.HasPrefix(line, "-A "+prefix):
+			if sums {
+				summers[name] = newSummer()
+			}
+		case strings.HasPrefix(line, "-A "+prefix):
+			if sums {
+				name, args, _ := strings.Cut(line[3:], " ")
+				if s := summers[name]; s != nil {
+					s.add(args)
+				}
+			}
+		case strings.HasPrefix(line, "-A "):
 			name, _, _ := strings.Cut(line[3:], " ")
 			st.Rules[name]++
 			if strings.Contains(line, " -j "+prefix) || strings.Contains(line, " -g "+prefix) {
 				st.ForeignJumps = append(st.ForeignJumps, line)
 			}
+		}
+	}
+	if sums {
+		st.Sums = make(map[string]Sum, len(summers))
+		for c, s := range summers {
+			st.Sums[c] = s.sum()
 		}
 	}
 	return st
