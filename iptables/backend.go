@@ -74,6 +74,8 @@ type familyState struct {
 	globals  string
 	// chains maps every chain we wrote to fingerprints of its rules.
 	chains map[chainID]chainRec
+	// verifyRound counts iptables-nft drift checks (see listForDrift).
+	verifyRound int
 	// services holds each service port's last rendering, with chain bodies
 	// dropped (only names and dispatch fragments are kept).
 	services map[proxier.ServicePortName]*serviceRules

@@ -94,7 +94,8 @@ func (d *drift) log(l *slog.Logger, f proxier.IPFamily) {
 }
 
 // checkDrift compares the kernel with what st says we wrote: one
-// iptables-save per table, the rules of each SWY- chain fingerprinted
+// iptables-save (all tables: iptables-nft fetches the whole ruleset even
+// for one table), the rules of each SWY- chain fingerprinted
 // (iptexec.Sum: canonical forms, so what iptables-save prints differently
 // from what we wrote still matches) and compared with the fingerprints
 // taken when the chain was written, plus the jumps from the built-in
@@ -102,19 +103,34 @@ func (d *drift) log(l *slog.Logger, f proxier.IPFamily) {
 func (b *Backend) checkDrift(ctx context.Context, t tools, st *familyState) (*drift, error) {
 	d := &drift{force: map[chainID]bool{}, jumps: map[string][]string{},
 		unexpected: map[string][]string{}, kept: map[string][]string{}}
-	saved := map[string]*savedTable{}
-	for _, table := range tableOrder {
-		tbl, err := iptexec.SaveSums(ctx, b.cfg.Executor, t, table, ChainPrefix)
+	var saved map[string]*savedTable
+	var listed map[chainID]bool // nil: every chain was listed
+	if t.NFT {
+		saved, listed = b.listForDrift(ctx, t, st)
+	}
+	if saved == nil {
+		all, err := iptexec.SaveAllSums(ctx, b.cfg.Executor, t, ChainPrefix)
 		if err != nil {
 			return nil, fmt.Errorf("drift check: %w", err)
 		}
-		saved[table] = tbl
-		if _, ok := tbl.Sums[chainCanary]; !ok {
+		saved, listed = map[string]*savedTable{}, nil
+		for _, table := range tableOrder {
+			saved[table] = all[table]
+			if saved[table] == nil {
+				saved[table] = &savedTable{Rules: map[string]int{}}
+			}
+		}
+	}
+	for _, table := range tableOrder {
+		if _, ok := saved[table].Sums[chainCanary]; !ok {
 			d.canaryMissing = true
 			return d, nil
 		}
 	}
 	for id, rec := range st.chains {
+		if listed != nil && !listed[id] {
+			continue
+		}
 		got, ok := saved[id.table].Sums[id.name]
 		switch {
 		case !ok:
@@ -126,6 +142,9 @@ func (b *Backend) checkDrift(ctx context.Context, t tools, st *familyState) (*dr
 		}
 	}
 	for _, table := range tableOrder {
+		if listed != nil {
+			break // only a full save shows chains we did not write
+		}
 		tbl := saved[table]
 		for _, name := range tbl.Own {
 			if _, ok := st.chains[chainID{table, name}]; ok {
@@ -157,6 +176,70 @@ func (b *Backend) checkDrift(ctx context.Context, t tools, st *familyState) (*dr
 	sortIDs(d.changed)
 	sortIDs(d.missing)
 	return d, nil
+}
+
+// verifyWindow is how many per-service chains one iptables-nft drift
+// check lists (besides the fixed chains and the built-in chains holding
+// our jumps, listed every time).
+const verifyWindow = 4 * iptexec.ListBatch
+
+// builtinChains are the built-in chains holding our jumps, per table.
+var builtinChains = map[string][]string{
+	tableNAT:    {"PREROUTING", "OUTPUT", "POSTROUTING"},
+	tableFilter: {"INPUT", "FORWARD", "OUTPUT"},
+}
+
+// listForDrift is the iptables-nft drift check's listing: iptables-nft-save
+// fetches and translates the whole ruleset (about 0.45 of a full sync at
+// any size), while listing named chains fetches only those. Every check
+// lists the fixed chains (SWY-SERVICES, SWY-NODEPORTS, ... and the canary)
+// and the built-in chains holding our jumps; the per-service chains are
+// split into rounds of about verifyWindow chains (by a hash of the name)
+// and each check lists the next round, so every chain is checked at least
+// once every ceil(chains/verifyWindow) checks. It returns nil when a
+// listing fails (e.g. a listed chain is gone): the caller then runs a full
+// iptables-save.
+func (b *Backend) listForDrift(ctx context.Context, t tools, st *familyState) (map[string]*savedTable, map[chainID]bool) {
+	services := 0
+	for id := range st.chains {
+		if !fixedChain(id.name) {
+			services++
+		}
+	}
+	rounds := max(1, (services+verifyWindow-1)/verifyWindow)
+	round := st.verifyRound % rounds
+	st.verifyRound++
+	listed := map[chainID]bool{}
+	names := map[string][]string{}
+	for id := range st.chains {
+		if fixedChain(id.name) || rounds == 1 || int(b.hash(id.name)%uint64(rounds)) == round {
+			listed[id] = true
+			names[id.table] = append(names[id.table], id.name)
+		}
+	}
+	saved := map[string]*savedTable{}
+	for _, table := range tableOrder {
+		list := append(slices.Clone(builtinChains[table]), names[table]...)
+		slices.Sort(list[len(builtinChains[table]):])
+		tbl, err := iptexec.ListChains(ctx, b.cfg.Executor, t, table, list, ChainPrefix)
+		if err != nil {
+			b.log.Info("drift check: listing chains failed; running iptables-save", "table", table, "err", err)
+			return nil, nil
+		}
+		saved[table] = tbl
+	}
+	return saved, listed
+}
+
+// fixedChain reports whether name is one of the fixed chains (not a
+// per-service one).
+func fixedChain(name string) bool {
+	for _, p := range []string{prefixSVC, prefixSVL, prefixEXT, prefixFW, prefixSEP} {
+		if strings.HasPrefix(name, p) {
+			return false
+		}
+	}
+	return true
 }
 
 // referenced reports whether a rule of a chain we do not own jumps to name.

@@ -17,13 +17,23 @@ func verify(s *proxier.Snapshot) *proxier.Snapshot {
 	return c
 }
 
-// countCalls counts the calls whose tool name ends with suffix.
-func (k *fakeKernel) countCalls(suffix string) int {
+// isListing reports whether restore input only lists chains ("-S CHAIN").
+func isListing(in string) bool {
+	for _, l := range strings.Split(in, "\n") {
+		if l != "" && l != "COMMIT" && !strings.HasPrefix(l, "*") && !strings.HasPrefix(l, "-S ") {
+			return false
+		}
+	}
+	return true
+}
+
+// countWrites counts the restores that write (not the listings).
+func (k *fakeKernel) countWrites() int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	n := 0
 	for _, c := range k.calls {
-		if strings.HasSuffix(c.name, suffix) {
+		if strings.HasSuffix(c.name, "-restore") && !isListing(c.stdin) {
 			n++
 		}
 	}
@@ -31,6 +41,13 @@ func (k *fakeKernel) countCalls(suffix string) int {
 }
 
 func TestVerifyRepairsDrift(t *testing.T) {
+	for _, m := range []Mode{ModeNFT, ModeLegacy} {
+		t.Run(string(m), func(t *testing.T) { testVerifyRepairsDrift(t, m) })
+	}
+}
+
+func testVerifyRepairsDrift(t *testing.T, mode Mode) {
+	base := "iptables-" + string(mode)
 	web := webSnapshot(ep("10.244.1.5:8080", true), ep("10.244.2.5:8080", false))
 	svcChain := ServiceChain(webName)
 	sepChain := EndpointChain(webName, ep("10.244.1.5:8080", true))
@@ -61,17 +78,20 @@ func TestVerifyRepairsDrift(t *testing.T) {
 			delete(nat.rules, sepChain)
 			nat.order = slices.DeleteFunc(nat.order, func(c string) bool { return c == sepChain })
 		}, map[string]int{"chain": 2}},
-		{"unexpected SWY- chain", func(nat, _ *fakeTable) {
+		{"unexpected SWY- chain (only a full save shows it)", func(nat, _ *fakeTable) {
 			nat.order = append(nat.order, "SWY-SVC-SOMEONEELSE")
 			nat.rules["SWY-SVC-SOMEONEELSE"] = []string{"-j ACCEPT"}
 		}, map[string]int{"unexpected-chain": 1}},
 	} {
+		if mode == ModeNFT && tc.want["unexpected-chain"] > 0 {
+			continue
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			k := newFakeKernel()
-			b, _ := newFakeBackend(t, k, ModeNFT)
+			b, _ := newFakeBackend(t, k, mode)
 			mustSync(t, b, web)
-			want := k.dump("iptables-nft")
-			tables := k.tables["iptables-nft"]
+			want := k.dump(base)
+			tables := k.tables[base]
 			tc.tamper(tables[tableNAT], tables[tableFilter])
 
 			// A partial sync without Verify trusts its memory (cheap).
@@ -85,10 +105,10 @@ func TestVerifyRepairsDrift(t *testing.T) {
 			if res.Full || !res.Wrote || !reflect.DeepEqual(res.Repaired, tc.want) {
 				t.Fatalf("verifying sync: %+v, want a partial write repairing %v", res, tc.want)
 			}
-			if n := k.countCalls("-restore"); n != 1 {
+			if n := k.countWrites(); n != 1 {
 				t.Fatalf("%d restores, want 1", n)
 			}
-			if got := k.dump("iptables-nft"); !reflect.DeepEqual(got, want) {
+			if got := k.dump(base); !reflect.DeepEqual(got, want) {
 				t.Fatalf("after repair:\n%v\nwant\n%v", got, want)
 			}
 			// Nothing drifted any more: the next verifying sync only reads.
@@ -100,22 +120,70 @@ func TestVerifyRepairsDrift(t *testing.T) {
 	}
 }
 
-func TestVerifyIdleReadsOnlySaves(t *testing.T) {
+// An idle verifying sync only reads: iptables-legacy one iptables-save,
+// iptables-nft one listing of named chains per table.
+func TestVerifyIdleOnlyReads(t *testing.T) {
+	for _, tc := range []struct {
+		mode Mode
+		want []string
+	}{
+		{ModeLegacy, []string{"iptables-legacy-save "}},
+		{ModeNFT, []string{"iptables-nft-restore --noflush --wait", "iptables-nft-restore --noflush --wait"}},
+	} {
+		k := newFakeKernel()
+		b, _ := newFakeBackend(t, k, tc.mode)
+		s := webSnapshot(ep("10.244.1.5:8080", true))
+		mustSync(t, b, s)
+		k.resetCalls()
+		if res := mustSync(t, b, verify(s)); res.Wrote || res.Full {
+			t.Fatalf("%s: idle verifying sync: %+v", tc.mode, res)
+		}
+		var got []string
+		for _, c := range k.calls {
+			got = append(got, c.name+" "+strings.Join(c.args, " "))
+			if strings.HasSuffix(c.name, "-restore") && !isListing(c.stdin) {
+				t.Errorf("%s: restore writes: %q", tc.mode, c.stdin)
+			}
+		}
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: idle verifying sync ran %q, want %q", tc.mode, got, tc.want)
+		}
+	}
+}
+
+// iptables-nft lists the per-service chains in rounds: every chain is
+// checked within ceil(chains/verifyWindow) verifying syncs.
+func TestVerifyNFTRoundsCoverEveryChain(t *testing.T) {
 	k := newFakeKernel()
 	b, _ := newFakeBackend(t, k, ModeNFT)
-	s := webSnapshot(ep("10.244.1.5:8080", true))
+	s := bigSnapshot(1500, 10) // ~16.5k service chains: 3 rounds
 	mustSync(t, b, s)
-	k.resetCalls()
-	if res := mustSync(t, b, verify(s)); res.Wrote || res.Full {
-		t.Fatalf("idle verifying sync: %+v", res)
+	listed := map[string]int{}
+	for range 3 {
+		k.resetCalls()
+		if res := mustSync(t, b, verify(s)); res.Wrote {
+			t.Fatalf("idle verifying sync wrote: %+v", res)
+		}
+		n := 0
+		for _, c := range k.calls {
+			for _, l := range strings.Split(c.stdin, "\n") {
+				if name, ok := strings.CutPrefix(l, "-S "); ok {
+					listed[name]++
+					n++
+				}
+			}
+		}
+		if n > verifyWindow+100 {
+			t.Errorf("one check listed %d chains, want about %d", n, verifyWindow)
+		}
 	}
-	var got []string
-	for _, c := range k.calls {
-		got = append(got, c.name+" "+strings.Join(c.args, " "))
+	for id := range b.state[proxier.IPv4].chains {
+		if listed[id.name] == 0 {
+			t.Fatalf("chain %s never checked in 3 rounds", id.name)
+		}
 	}
-	want := []string{"iptables-nft-save -t filter", "iptables-nft-save -t nat"}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("idle verifying sync ran %q, want %q", got, want)
+	if listed[chainServices] != 2*3 { // nat and filter, every round
+		t.Errorf("SWY-SERVICES listed %d times, want 6", listed[chainServices])
 	}
 }
 
@@ -129,8 +197,8 @@ func TestVerifyWithChangeWritesBothInOneRestore(t *testing.T) {
 	s2.Verify = true
 	k.resetCalls()
 	res := mustSync(t, b, s2)
-	if res.Full || res.Repaired["jump"] != 1 || k.countCalls("-restore") != 1 {
-		t.Fatalf("result %+v with %d restores, want one partial restore repairing the jump", res, k.countCalls("-restore"))
+	if res.Full || res.Repaired["jump"] != 1 || k.countWrites() != 1 {
+		t.Fatalf("result %+v with %d restores, want one partial restore repairing the jump", res, k.countWrites())
 	}
 	assertConverged(t, k, reference(t, s2))
 }
@@ -151,16 +219,16 @@ func TestVerifyCanaryMissingIsFull(t *testing.T) {
 // (deleting it would fail the restore).
 func TestVerifyKeepsReferencedUnexpectedChain(t *testing.T) {
 	k := newFakeKernel()
-	b, _ := newFakeBackend(t, k, ModeNFT)
+	b, _ := newFakeBackend(t, k, ModeLegacy)
 	s := webSnapshot(ep("10.244.1.5:8080", true))
 	mustSync(t, b, s)
-	if err := k.restore("iptables-nft", "*nat\n:SWY-OTHER - [0:0]\n:MY-NAT - [0:0]\n-A MY-NAT -j SWY-OTHER\nCOMMIT\n"); err != nil {
+	if err := k.restore("iptables-legacy", "*nat\n:SWY-OTHER - [0:0]\n:MY-NAT - [0:0]\n-A MY-NAT -j SWY-OTHER\nCOMMIT\n"); err != nil {
 		t.Fatal(err)
 	}
 	if res := mustSync(t, b, verify(s)); res.Wrote {
 		t.Fatalf("result %+v, want nothing written", res)
 	}
-	if _, ok := k.tables["iptables-nft"][tableNAT].rules["SWY-OTHER"]; !ok {
+	if _, ok := k.tables["iptables-legacy"][tableNAT].rules["SWY-OTHER"]; !ok {
 		t.Fatal("referenced chain deleted")
 	}
 }

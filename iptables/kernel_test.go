@@ -76,7 +76,7 @@ type recorder struct {
 
 func (r *recorder) Run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, []byte, error) {
 	r.mu.Lock()
-	if strings.HasSuffix(name, "-restore") {
+	if strings.HasSuffix(name, "-restore") && !isListing(string(stdin)) {
 		r.restores++
 		if r.corrupt {
 			r.corrupt = false

@@ -170,3 +170,23 @@ func TestCanonicalMatchesSaveOutput(t *testing.T) {
 		t.Error("rule order does not change the Sum")
 	}
 }
+
+func TestParseSaveAllSums(t *testing.T) {
+	out := "# Generated\n*filter\n:INPUT ACCEPT [0:0]\n:SWY-F - [0:0]\n-A INPUT -j SWY-F\n-A SWY-F -j DROP\nCOMMIT\n" + natSave
+	got := ParseSaveAllSums([]byte(out), "SWY-")
+	if len(got) != 2 || got["filter"] == nil || got["nat"] == nil {
+		t.Fatalf("tables %v", got)
+	}
+	if s := got["filter"].Sums["SWY-F"]; s != SumBody("-A SWY-F -j DROP\n") {
+		t.Errorf("filter SWY-F sum %+v", s)
+	}
+	if s := got["nat"].Sums["SWY-SERVICES"]; s != SumBody("-A SWY-SERVICES -d 10.96.0.1 -j SWY-SVC-AAAA\n") {
+		t.Errorf("nat SWY-SERVICES sum %+v", s)
+	}
+	if s := got["nat"].Sums["SWY-SVC-AAAA"]; s.Rules != 0 || s != SumBody("") {
+		t.Errorf("empty chain sum %+v", s)
+	}
+	if len(got["nat"].ForeignJumps) != 2 || got["filter"].Rules["INPUT"] != 1 {
+		t.Errorf("nat %+v filter %+v", got["nat"], got["filter"])
+	}
+}
