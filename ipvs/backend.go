@@ -66,6 +66,10 @@ type Backend struct {
 	rules       map[proxier.IPFamily]string // restore text last written
 	terminating map[DestKey]time.Time
 	created     map[Key]bool // virtual servers this process created
+	// last fingerprints what the last successful sync left in the kernel
+	// (nil before it and after a failure): a dump that differs from it
+	// drifted.
+	last *written
 }
 
 var (
@@ -242,9 +246,24 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 		return res, fmt.Errorf("ipvs: %w", err)
 	}
 	tm.stage("dump-ipset")
-	ops, terminating := Diff(desired, &Dump{Servers: servers, Addresses: addrs, Sets: sets}, DiffOptions{
+	diffOpts := DiffOptions{
 		Now: b.cfg.Now(), GracePeriod: b.cfg.GracePeriod, Terminating: b.terminating, Owned: b.ownedFunc(snaps, opts.LocalAddrs),
+	}
+	// Drift: the dump differs from what the last sync left. The Diff below
+	// repairs it like any other difference; it is only reported.
+	onDummy := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		onDummy[a] = true
+	}
+	drift := stateDrift(b.last, fingerprint(servers, addrs, sets), func(k Key) bool {
+		return owned(k, &State{}, onDummy, diffOpts)
 	})
+	b.last = nil // until this sync succeeds
+	verify := false
+	for _, s := range snaps {
+		verify = verify || s != nil && (s.Verify || s.FullSync)
+	}
+	ops, terminating := Diff(desired, &Dump{Servers: servers, Addresses: addrs, Sets: sets}, diffOpts)
 	b.terminating = terminating
 
 	tm.stage("diff")
@@ -269,11 +288,12 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 		return res, fmt.Errorf("ipvs: %w", err)
 	}
 	tm.stage("ipset-add")
-	if n, err := b.syncRules(ctx, desired); err != nil {
+	if n, rulesDrift, err := b.syncRules(ctx, desired, verify); err != nil {
 		return res, err
 	} else if n > 0 {
 		res.Wrote = true
 		res.Rules += n
+		drift.merge(rulesDrift)
 	}
 	tm.stage("iptables")
 	var errs []error
@@ -300,6 +320,11 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 	}
 	if err := errors.Join(errs...); err != nil {
 		return res, err
+	}
+	b.last = fingerprint(desired.Servers, desired.Addresses, desired.Sets)
+	if !drift.empty() {
+		res.Repaired = drift.counts
+		drift.log(b.log)
 	}
 	return res, nil
 }
@@ -387,35 +412,52 @@ func (b *Backend) flushConntrack(ctx context.Context, k Key, d *RealServer) {
 }
 
 // syncRules writes the iptables rules of each family whose text changed
-// (or whose hooks vanished). It returns how many families it wrote.
-func (b *Backend) syncRules(ctx context.Context, desired *State) (int, error) {
+// since the last write, or that drifted: with verify, one iptables-save
+// per family checks every SWY- chain and hook (rulesDrift); without, the
+// hooks are checked with iptables -C. It returns how many families it
+// wrote and the drift it repaired.
+func (b *Backend) syncRules(ctx context.Context, desired *State, verify bool) (int, *driftReport, error) {
 	m, err := b.ensureFlavour(ctx)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	n := 0
+	drift := &driftReport{}
 	for _, fr := range desired.Rules {
 		t := iptexec.ToolsFor(m, fr.Family)
-		if b.rules[fr.Family] == fr.Text && b.hooksPresent(ctx, t) {
-			continue
+		if b.rules[fr.Family] == fr.Text {
+			var rep *driftReport
+			if verify {
+				if rep, err = rulesDrift(ctx, b.cfg.Executor, t, fr); err != nil {
+					return n, drift, fmt.Errorf("ipvs: iptables rules (%s): %w", fr.Family, err)
+				}
+			} else {
+				rep = b.missingHooks(ctx, t)
+			}
+			if rep.empty() {
+				continue
+			}
+			drift.merge(rep)
 		}
 		delete(b.rules, fr.Family)
 		if err := writeRules(ctx, b.cfg.Executor, t, fr); err != nil {
-			return n, fmt.Errorf("ipvs: iptables rules (%s): %w", fr.Family, err)
+			return n, drift, fmt.Errorf("ipvs: iptables rules (%s): %w", fr.Family, err)
 		}
 		b.rules[fr.Family] = fr.Text
 		n++
 	}
-	return n, nil
+	return n, drift, nil
 }
 
-func (b *Backend) hooksPresent(ctx context.Context, t iptexec.Tools) bool {
+// missingHooks checks each hook with iptables -C.
+func (b *Backend) missingHooks(ctx context.Context, t iptexec.Tools) *driftReport {
+	r := &driftReport{}
 	for _, h := range hooks {
 		if !h.Present(ctx, b.cfg.Executor, t) {
-			return false
+			r.add(driftJump, "missing "+h.Table+"/"+h.Chain+" -> "+h.Target())
 		}
 	}
-	return true
+	return r
 }
 
 // localAddresses returns the addresses of this network namespace's
@@ -481,6 +523,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		}
 	}
 	b.rules = map[proxier.IPFamily]string{}
+	b.last = nil
 	if sets, err := ipsetSave(ctx, b.cfg.Executor); err != nil {
 		b.log.Info("ipset not usable; no sets to remove", "err", err)
 	} else {
