@@ -31,12 +31,13 @@ func hostNetns(t *testing.T) string {
 	return name
 }
 
-// TestKernelRulesAndSetsDrift runs the IPVS backend with the fake IPVS
+// TestRealToolsRulesAndSetsDrift (not named Kernel: the VM suite, which
+// runs -test.run Kernel, need not repeat it slowly) runs the IPVS backend with the fake IPVS
 // kernel but the real ipset and iptables (nft and legacy) in a namespace:
 // what iptables-save prints back fingerprints like what was written (an
 // idle periodic sync writes nothing), and chains, hooks and set entries
 // deleted by hand come back at the next periodic sync.
-func TestKernelRulesAndSetsDrift(t *testing.T) {
+func TestRealToolsRulesAndSetsDrift(t *testing.T) {
 	for _, m := range []iptables.Mode{iptables.ModeNFT, iptables.ModeLegacy} {
 		t.Run(string(m), func(t *testing.T) {
 			ns := hostNetns(t)
