@@ -162,7 +162,7 @@ func (b *Backend) checkDrift(ctx context.Context, t tools, st *familyState) (*dr
 		}
 	}
 	if len(d.kept) > 0 {
-		b.log.Warn("SWY- chains we did not write, referenced from other chains; left alone until cleanup", "chains", d.kept)
+		b.log.Info("SWY- chains we did not write, referenced from other chains; left alone until cleanup", "chains", d.kept)
 	}
 	d.jumps = missingJumps(saved)
 	sortIDs := func(ids []chainID) {
