@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
@@ -106,7 +107,9 @@ func TestKernelDriftRepair(t *testing.T) {
 				if out, err := exec.Command("ip", argv...).CombinedOutput(); err != nil {
 					t.Fatalf("%s: %v: %s", tc.name, err, out)
 				}
+				start := time.Now()
 				res, err := b.Sync(ctx, []*proxier.Snapshot{verify(s)})
+				t.Logf("%s: repaired by a %s verifying sync", tc.name, time.Since(start).Round(time.Millisecond))
 				if err != nil || res.Full || res.Repaired[tc.kind] != 1 {
 					t.Fatalf("%s: verifying sync: %+v, %v; want one %s repaired by a partial sync", tc.name, res, err, tc.kind)
 				}
