@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -73,11 +74,22 @@ type familyState struct {
 	valid    bool
 	lastFull time.Time
 	globals  string
-	// chains maps every chain we wrote to the hash of its rules.
-	chains map[chainID]uint64
+	// chains maps every chain we wrote to fingerprints of its rules.
+	chains map[chainID]chainRec
+	// verifyRound counts iptables-nft drift checks (see listForDrift).
+	verifyRound int
 	// services holds each service port's last rendering, with chain bodies
 	// dropped (only names and dispatch fragments are kept).
 	services map[proxier.ServicePortName]*serviceRules
+}
+
+// chainRec fingerprints one chain as written.
+type chainRec struct {
+	// hash is a hash of the rendered text: a partial sync rewrites the
+	// chain when it changes.
+	hash uint64
+	// sum is what iptables-save must print back (see checkDrift).
+	sum iptexec.Sum
 }
 
 // New returns an iptables Backend. It does not touch the kernel: the
@@ -91,7 +103,7 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("iptables: unknown mode %q (want auto, nft or legacy)", cfg.Mode)
 	}
 	if cfg.Executor == nil {
-		cfg.Executor = &CommandExecutor{}
+		cfg.Executor = &iptexec.CommandExecutor{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -132,7 +144,7 @@ func (b *Backend) resolveMode(ctx context.Context) (Mode, error) {
 	if b.mode != "" {
 		return b.mode, nil
 	}
-	m, err := detectMode(ctx, b.cfg.Executor)
+	m, err := iptexec.Detect(ctx, b.cfg.Executor)
 	if err != nil {
 		return "", fmt.Errorf("iptables: detect flavour: %w", err)
 	}
@@ -162,6 +174,12 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 		res.Wrote = res.Wrote || r.Wrote
 		res.Bytes += r.Bytes
 		res.Rules += r.Rules
+		for kind, n := range r.Repaired {
+			if res.Repaired == nil {
+				res.Repaired = map[string]int{}
+			}
+			res.Repaired[kind] += n
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("iptables %v: %w", s.Family, err))
 		}
@@ -170,6 +188,10 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 }
 
 func (b *Backend) hash(s string) uint64 { return maphash.String(b.seed, s) }
+
+func (b *Backend) record(c *chain) chainRec {
+	return chainRec{hash: b.hash(c.body), sum: iptexec.SumBody(c.body)}
+}
 
 func (b *Backend) syncFamily(ctx context.Context, t tools, snap *proxier.Snapshot) (proxier.SyncResult, error) {
 	st := b.state[snap.Family]
@@ -196,19 +218,31 @@ func (b *Backend) syncFamily(ctx context.Context, t tools, snap *proxier.Snapsho
 	if reason != "" {
 		return b.fullSync(ctx, t, r, st, reason)
 	}
-	return b.partialSync(ctx, t, r, st)
+	var d *drift
+	if snap.Verify {
+		var err error
+		if d, err = b.checkDrift(ctx, t, st); err != nil {
+			st.valid = false
+			return proxier.SyncResult{}, err
+		}
+		if d.canaryMissing {
+			b.log.Warn("canary chain missing: our chains were flushed or deleted behind our back; full sync", "family", snap.Family)
+			return b.fullSync(ctx, t, r, st, "canary chain missing")
+		}
+	}
+	return b.partialSync(ctx, t, r, st, d)
 }
 
 // canaryPresent reports whether our canary chain still exists in both
 // tables (someone flushing the tables removes it).
 func (b *Backend) canaryPresent(ctx context.Context, t tools) (bool, error) {
 	for _, table := range tableOrder {
-		_, stderr, err := b.cfg.Executor.Run(ctx, nil, t.iptables, "-w", "-t", table, "-S", chainCanary)
+		_, stderr, err := b.cfg.Executor.Run(ctx, nil, t.IPTables, "-w", "-t", table, "-S", chainCanary)
 		if err != nil {
 			if ctx.Err() != nil {
 				return false, ctx.Err()
 			}
-			b.log.Info("canary chain missing", "table", table, "stderr", trim(stderr))
+			b.log.Info("canary chain missing", "table", table, "stderr", iptexec.Trim(stderr))
 			return false, nil
 		}
 	}
@@ -232,14 +266,14 @@ func (b *Backend) fullSync(ctx context.Context, t tools, r *renderer, st *family
 		for _, c := range w.write[table] {
 			want[c.name] = true
 		}
-		for _, name := range saved[table].own {
+		for _, name := range saved[table].Own {
 			if !want[name] {
 				w.delete[table] = append(w.delete[table], name)
 			}
 		}
 	}
 	w.jumps = missingJumps(saved)
-	w.listAll = t.nft
+	w.listAll = t.NFT
 	text, rules := w.bytes(familyHeader(r.snap.Family))
 	if err := b.restore(ctx, t, text); err != nil {
 		st.valid = false
@@ -247,10 +281,10 @@ func (b *Backend) fullSync(ctx context.Context, t tools, r *renderer, st *family
 	}
 	res.Wrote, res.Bytes, res.Rules = true, len(text), rules
 
-	st.chains = make(map[chainID]uint64, len(fixed)+len(svcs)*4)
+	st.chains = make(map[chainID]chainRec, len(fixed)+len(svcs)*4)
 	for _, table := range tableOrder {
 		for _, c := range w.write[table] {
-			st.chains[chainID{c.table, c.name}] = b.hash(c.body)
+			st.chains[chainID{c.table, c.name}] = b.record(c)
 		}
 	}
 	st.services = make(map[proxier.ServicePortName]*serviceRules, len(svcs))
@@ -277,7 +311,11 @@ func stripBodies(s *serviceRules) *serviceRules {
 	return &c
 }
 
-func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *familyState) (proxier.SyncResult, error) {
+// partialSync writes what changed since the last sync. d, when not nil,
+// is what a drift check found (see checkDrift): its chains are rewritten,
+// its missing jumps inserted and its unexpected chains deleted in the same
+// restore.
+func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *familyState, d *drift) (proxier.SyncResult, error) {
 	var res proxier.SyncResult
 	snap := r.snap
 
@@ -299,6 +337,17 @@ func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *fam
 	for n := range st.services {
 		if !present[n] {
 			changed[n] = true
+		}
+	}
+	// Service ports owning a chain that drifted are re-rendered.
+	if !d.empty() {
+		for n, s := range st.services {
+			for _, c := range s.chains {
+				if d.forced(chainID{c.table, c.name}) {
+					changed[n] = true
+					break
+				}
+			}
 		}
 	}
 	names := make([]proxier.ServicePortName, 0, len(changed))
@@ -331,16 +380,16 @@ func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *fam
 	}
 
 	w := newRestoreWriter()
-	newHashes := map[chainID]uint64{}
+	newHashes := map[chainID]chainRec{}
 	var deleted []chainID
 	consider := func(c *chain) {
 		id := chainID{c.table, c.name}
 		h := b.hash(c.body)
-		if old, ok := st.chains[id]; ok && old == h {
+		if old, ok := st.chains[id]; ok && old.hash == h && !d.forced(id) {
 			return
 		}
 		w.write[c.table] = append(w.write[c.table], c)
-		newHashes[id] = h
+		newHashes[id] = chainRec{hash: h, sum: iptexec.SumBody(c.body)}
 	}
 	fixed := r.fixedChains(all)
 	for i := range fixed {
@@ -383,13 +432,17 @@ func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *fam
 			}
 		}
 	}
+	d.addTo(w)
 	if w.empty() {
-		ok, err := b.canaryPresent(ctx, t)
-		if err != nil {
-			return res, err
-		}
-		if !ok {
-			return b.fullSync(ctx, t, r, st, "canary chain missing")
+		if d == nil {
+			// Without a drift check (which saw the canary), list it.
+			ok, err := b.canaryPresent(ctx, t)
+			if err != nil {
+				return res, err
+			}
+			if !ok {
+				return b.fullSync(ctx, t, r, st, "canary chain missing")
+			}
 		}
 		commit()
 		b.log.Debug("sync: nothing to write", "family", snap.Family, "changed", len(names))
@@ -398,7 +451,7 @@ func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *fam
 	w.canary = true
 	for _, table := range tableOrder {
 		slices.Sort(w.delete[table])
-		if t.nft && w.chainsNamed(table) > partialListAllChains {
+		if t.NFT && w.chainsNamed(table) > partialListAllChains {
 			w.listAll = true
 		}
 	}
@@ -413,6 +466,10 @@ func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *fam
 	}
 	commit()
 	res.Wrote, res.Bytes, res.Rules = true, len(text), rules
+	if !d.empty() {
+		res.Repaired = d.repaired()
+		d.log(b.log, snap.Family)
+	}
 	b.log.Debug("partial sync", "family", snap.Family, "changed", len(names), "bytes", len(text), "rules", rules,
 		"deleted", len(deleted))
 	return res, nil

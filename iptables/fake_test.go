@@ -21,6 +21,8 @@ type fakeKernel struct {
 	calls  []fakeCall
 	// failRestore makes the next restore fail at this input line (1-based).
 	failRestore int
+	// listed is what "-S CHAIN" lines of the running restore printed.
+	listed strings.Builder
 }
 
 type fakeTable struct {
@@ -108,10 +110,11 @@ func (k *fakeKernel) Run(_ context.Context, stdin []byte, name string, args ...s
 			k.failRestore = 0
 			return nil, []byte(fmt.Sprintf("%s: line %d failed\n", name, n)), exitErr{1}
 		}
+		k.listed.Reset()
 		if err := k.restore(base, string(stdin)); err != nil {
 			return nil, []byte(name + ": " + err.Error() + "\n"), exitErr{1}
 		}
-		return nil, nil, nil
+		return []byte(k.listed.String()), nil, nil
 	default:
 		return k.command(name, args)
 	}
@@ -227,6 +230,20 @@ func (k *fakeKernel) restore(base, input string) error {
 			added[curName] = append(added[curName], rule)
 		case line == "-S":
 			// Listing: iptables-nft loads its whole cache; nothing changes.
+		case strings.HasPrefix(line, "-S "):
+			name := line[3:]
+			rules, ok := cur.rules[name]
+			if !ok {
+				return fail("chain `%s' in table `%s' is incompatible, use 'nft' tool.", name, curName)
+			}
+			if slices.Contains(builtins[curName], name) {
+				k.listed.WriteString("-P " + name + " ACCEPT\n")
+			} else {
+				k.listed.WriteString("-N " + name + "\n")
+			}
+			for _, r := range rules {
+				k.listed.WriteString("-A " + name + " " + r + "\n")
+			}
 		case strings.HasPrefix(line, "-F "):
 			name := line[3:]
 			if _, ok := cur.rules[name]; !ok {

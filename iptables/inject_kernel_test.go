@@ -46,7 +46,7 @@ func TestKernelHostileNames(t *testing.T) {
 			ns := newNetns(t, "swy-inj-")
 			ex := NetnsExecutor(ns)
 			tl := toolsFor(m, proxier.IPv4)
-			if _, stderr, err := ex.Run(ctx, []byte(foreignRules), tl.restore); err != nil {
+			if _, stderr, err := ex.Run(ctx, []byte(foreignRules), tl.Restore); err != nil {
 				t.Fatalf("load foreign rules: %v: %s", err, stderr)
 			}
 			before := notOurs(saveAll(t, ex, m, proxier.IPv4))

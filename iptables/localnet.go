@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 
+	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -33,7 +34,7 @@ func (b *Backend) ensureRouteLocalnet(ctx context.Context, snaps []*proxier.Snap
 	}
 	b.log.Info("setting route_localnet=1 to allow node ports on localhost; to change this disable --iptables-localhost-nodeports or leave loopback out of --nodeport-addresses")
 	if _, stderr, err := b.cfg.Executor.Run(ctx, nil, "sysctl", "-w", routeLocalnet+"=1"); err != nil {
-		b.log.Warn("cannot set route_localnet: node ports on 127.0.0.1 will not answer", "stderr", trim(stderr), "err", err)
+		b.log.Warn("cannot set route_localnet: node ports on 127.0.0.1 will not answer", "stderr", iptexec.Trim(stderr), "err", err)
 		return
 	}
 	b.routeLocalnetSet = true

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -32,12 +33,12 @@ COMMIT
 // to delete a referenced chain) and its Cleanup leaves them to the IPVS
 // mode's own Cleanup, which a node switching modes runs.
 func TestParseSaveIgnoresIPVSModeChains(t *testing.T) {
-	st := parseSave([]byte(ipvsModeRules + "*nat\n:SWY-SERVICES - [0:0]\n-A PREROUTING -j SWY-SERVICES\nCOMMIT\n"))
-	if strings.Join(st.own, " ") != "SWY-SERVICES" {
-		t.Errorf("own chains %v, want only SWY-SERVICES", st.own)
+	st := thisMode(iptexec.ParseSave([]byte(ipvsModeRules+"*nat\n:SWY-SERVICES - [0:0]\n-A PREROUTING -j SWY-SERVICES\nCOMMIT\n"), ChainPrefix))
+	if strings.Join(st.Own, " ") != "SWY-SERVICES" {
+		t.Errorf("own chains %v, want only SWY-SERVICES", st.Own)
 	}
-	if len(st.foreignJumps) != 1 || !strings.HasSuffix(st.foreignJumps[0], "-j SWY-SERVICES") {
-		t.Errorf("jumps %v, want only the one to SWY-SERVICES", st.foreignJumps)
+	if len(st.ForeignJumps) != 1 || !strings.HasSuffix(st.ForeignJumps[0], "-j SWY-SERVICES") {
+		t.Errorf("jumps %v, want only the one to SWY-SERVICES", st.ForeignJumps)
 	}
 }
 
@@ -48,7 +49,7 @@ func TestKernelIPVSModeChainsUntouched(t *testing.T) {
 			ns := newNetns(t, "swy-ipt-")
 			ex := NetnsExecutor(ns)
 			ctx := context.Background()
-			if _, stderr, err := ex.Run(ctx, []byte(ipvsModeRules), toolsFor(m, proxier.IPv4).restore); err != nil {
+			if _, stderr, err := ex.Run(ctx, []byte(ipvsModeRules), toolsFor(m, proxier.IPv4).Restore); err != nil {
 				t.Fatalf("load IPVS-mode rules: %v: %s", err, stderr)
 			}
 			ipvsPart := func() string {

@@ -58,10 +58,16 @@ func ipCmd(t *testing.T, args ...string) {
 	}
 }
 
-// TestKernelTraffic sends real TCP connections from a node namespace to a
-// cluster IP served by two pod namespaces on veth pairs.
-func TestKernelTraffic(t *testing.T) {
-	requireRoot(t)
+// trafficLab is a node namespace with two pod namespaces on veth pairs
+// (10.244.1.5 and 10.244.2.5), each answering TCP on port 8080 with its
+// address and the client's.
+type trafficLab struct {
+	t    *testing.T
+	node string
+}
+
+func newTrafficLab(t *testing.T) *trafficLab {
+	t.Helper()
 	node := newNetns(t, "swy-ipt-")
 	pods := []struct{ ns, nodeSide, nodeIP, podIP string }{
 		{newNetns(t, "swy-ipt-"), "swyp1", "10.244.1.1/24", "10.244.1.5"},
@@ -101,7 +107,32 @@ func TestKernelTraffic(t *testing.T) {
 			}
 		}()
 	}
+	return &trafficLab{t: t, node: node}
+}
 
+// dial connects from the node namespace and returns the reply.
+func (l *trafficLab) dial(addr string) (string, error) {
+	var reply string
+	err := inNetns(l.t, l.node, func() error {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		buf, err := io.ReadAll(c)
+		reply = string(buf)
+		return err
+	})
+	return reply, err
+}
+
+// TestKernelTraffic sends real TCP connections from a node namespace to a
+// cluster IP served by two pod namespaces on veth pairs.
+func TestKernelTraffic(t *testing.T) {
+	requireRoot(t)
+	lab := newTrafficLab(t)
+	node, dial := lab.node, lab.dial
 	s := snapshot(proxier.IPv4,
 		svc("default", "web", "http", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", true), ep("10.244.2.5:8080", false)),
 		svc("default", "empty", "http", proxier.TCP, "10.96.0.20", 80),
@@ -115,21 +146,6 @@ func TestKernelTraffic(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = b.Cleanup(context.Background()) })
 
-	dial := func(addr string) (string, error) {
-		var reply string
-		err := inNetns(t, node, func() error {
-			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-			buf, err := io.ReadAll(c)
-			reply = string(buf)
-			return err
-		})
-		return reply, err
-	}
 	seen := map[string]int{}
 	for i := 0; i < 40; i++ {
 		reply, err := dial("10.96.0.10:80")

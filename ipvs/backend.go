@@ -5,14 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 	"github.com/switchyard-proxy/switchyard/iptables"
+	"github.com/switchyard-proxy/switchyard/nodeport"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -67,6 +68,10 @@ type Backend struct {
 	rules       map[proxier.IPFamily]string // restore text last written
 	terminating map[DestKey]time.Time
 	created     map[Key]bool // virtual servers this process created
+	// last fingerprints what the last successful sync left in the kernel
+	// (nil before it and after a failure): a dump that differs from it
+	// drifted.
+	last *written
 }
 
 var (
@@ -156,26 +161,7 @@ func (b *Backend) renderOptions() RenderOptions {
 // InterfaceAddresses returns the addresses of every interface of this
 // network namespace except swy-ipvs0 (whose addresses are service VIPs).
 func InterfaceAddresses() ([]netip.Addr, error) {
-	ifaces, err := net.Interfaces()
-	if err != nil {
-		return nil, fmt.Errorf("list interfaces: %w", err)
-	}
-	var out []netip.Addr
-	for _, ifc := range ifaces {
-		if ifc.Name == DummyInterface {
-			continue
-		}
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			return nil, fmt.Errorf("list addresses of %s: %w", ifc.Name, err)
-		}
-		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil {
-				out = append(out, p.Addr().Unmap())
-			}
-		}
-	}
-	return out, nil
+	return nodeport.LocalAddresses(DummyInterface)
 }
 
 // FormatState prints a state as Backend.Render does.
@@ -208,7 +194,7 @@ func (b *Backend) ensureKernel() (Kernel, error) {
 
 func (b *Backend) ensureFlavour(ctx context.Context) (iptables.Mode, error) {
 	if b.flavour == "" {
-		m, err := detectFlavour(ctx, b.cfg.Executor)
+		m, err := iptexec.Detect(ctx, b.cfg.Executor)
 		if err != nil {
 			return "", fmt.Errorf("ipvs: pick iptables flavour: %w", err)
 		}
@@ -262,9 +248,24 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 		return res, fmt.Errorf("ipvs: %w", err)
 	}
 	tm.stage("dump-ipset")
-	ops, terminating := Diff(desired, &Dump{Servers: servers, Addresses: addrs, Sets: sets}, DiffOptions{
+	diffOpts := DiffOptions{
 		Now: b.cfg.Now(), GracePeriod: b.cfg.GracePeriod, Terminating: b.terminating, Owned: b.ownedFunc(snaps, opts.LocalAddrs),
+	}
+	// Drift: the dump differs from what the last sync left. The Diff below
+	// repairs it like any other difference; it is only reported.
+	onDummy := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		onDummy[a] = true
+	}
+	drift := stateDrift(b.last, fingerprint(servers, addrs, sets), func(k Key) bool {
+		return owned(k, &State{}, onDummy, diffOpts)
 	})
+	b.last = nil // until this sync succeeds
+	verify := false
+	for _, s := range snaps {
+		verify = verify || s != nil && (s.Verify || s.FullSync)
+	}
+	ops, terminating := Diff(desired, &Dump{Servers: servers, Addresses: addrs, Sets: sets}, diffOpts)
 	b.terminating = terminating
 
 	tm.stage("diff")
@@ -289,11 +290,12 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 		return res, fmt.Errorf("ipvs: %w", err)
 	}
 	tm.stage("ipset-add")
-	if n, err := b.syncRules(ctx, desired); err != nil {
+	if n, rulesDrift, err := b.syncRules(ctx, desired, verify); err != nil {
 		return res, err
 	} else if n > 0 {
 		res.Wrote = true
 		res.Rules += n
+		drift.merge(rulesDrift)
 	}
 	tm.stage("iptables")
 	var errs []error
@@ -320,6 +322,11 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 	}
 	if err := errors.Join(errs...); err != nil {
 		return res, err
+	}
+	b.last = fingerprint(desired.Servers, desired.Addresses, desired.Sets)
+	if !drift.empty() {
+		res.Repaired = drift.counts
+		drift.log(b.log)
 	}
 	return res, nil
 }
@@ -381,49 +388,61 @@ func (b *Backend) applyOp(ctx context.Context, k Kernel, o Op) error {
 }
 
 // syncRules writes the iptables rules of each family whose text changed
-// (or whose hooks vanished). It returns how many families it wrote.
-func (b *Backend) syncRules(ctx context.Context, desired *State) (int, error) {
+// since the last write, or that drifted: with verify, one iptables-save
+// per family checks every SWY- chain and hook (rulesDrift); without, the
+// hooks are checked with iptables -C. It returns how many families it
+// wrote and the drift it repaired.
+func (b *Backend) syncRules(ctx context.Context, desired *State, verify bool) (int, *driftReport, error) {
 	m, err := b.ensureFlavour(ctx)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	n := 0
+	drift := &driftReport{}
 	for _, fr := range desired.Rules {
-		t := iptTools(m, fr.Family)
-		if b.rules[fr.Family] == fr.Text && b.hooksPresent(ctx, t) {
-			continue
+		t := iptexec.ToolsFor(m, fr.Family)
+		if b.rules[fr.Family] == fr.Text {
+			var rep *driftReport
+			if verify {
+				if rep, err = rulesDrift(ctx, b.cfg.Executor, t, fr); err != nil {
+					return n, drift, fmt.Errorf("ipvs: iptables rules (%s): %w", fr.Family, err)
+				}
+			} else {
+				rep = b.missingHooks(ctx, t)
+			}
+			if rep.empty() {
+				continue
+			}
+			drift.merge(rep)
 		}
 		delete(b.rules, fr.Family)
 		if err := writeRules(ctx, b.cfg.Executor, t, fr); err != nil {
-			return n, fmt.Errorf("ipvs: iptables rules (%s): %w", fr.Family, err)
+			return n, drift, fmt.Errorf("ipvs: iptables rules (%s): %w", fr.Family, err)
 		}
 		b.rules[fr.Family] = fr.Text
 		n++
 	}
-	return n, nil
+	return n, drift, nil
 }
 
-func (b *Backend) hooksPresent(ctx context.Context, t ipt) bool {
+// missingHooks checks each hook with iptables -C.
+func (b *Backend) missingHooks(ctx context.Context, t iptexec.Tools) *driftReport {
+	r := &driftReport{}
 	for _, h := range hooks {
-		if !hookPresent(ctx, b.cfg.Executor, t, h) {
-			return false
+		if !h.Present(ctx, b.cfg.Executor, t) {
+			r.add(driftJump, "missing "+h.Table+"/"+h.Chain+" -> "+h.Target())
 		}
 	}
-	return true
+	return r
 }
 
 // localAddresses returns the addresses of this network namespace's
 // interfaces (node ports live on them).
 func localAddresses() map[netip.Addr]bool {
 	out := map[netip.Addr]bool{}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return out
-	}
+	addrs, _ := nodeport.LocalAddresses()
 	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			out[p.Addr().Unmap()] = true
-		}
+		out[a] = true
 	}
 	return out
 }
@@ -474,12 +493,13 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 			continue
 		}
 		for _, f := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
-			if err := cleanupRules(ctx, b.cfg.Executor, iptTools(m, f)); err != nil {
+			if err := cleanupRules(ctx, b.cfg.Executor, iptexec.ToolsFor(m, f)); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
 	b.rules = map[proxier.IPFamily]string{}
+	b.last = nil
 	if sets, err := ipsetSave(ctx, b.cfg.Executor); err != nil {
 		b.log.Info("ipset not usable; no sets to remove", "err", err)
 	} else {

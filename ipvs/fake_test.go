@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 )
 
 // fakeKernel is an in-memory Kernel that counts writes.
@@ -267,7 +269,7 @@ func (e *fakeExec) Run(_ context.Context, stdin []byte, name string, args ...str
 		// -w -t TABLE -C CHAIN args...
 		if len(args) >= 5 && args[3] == "-C" {
 			t := e.table(name, args[2])
-			if slices.Contains(t.rules[args[4]], strings.TrimSpace(quoteArgs(args[5:]))) {
+			if slices.Contains(t.rules[args[4]], strings.TrimSpace(iptexec.QuoteArgs(args[5:]))) {
 				return nil, nil, nil
 			}
 			return nil, []byte("Bad rule"), exitErr{1}

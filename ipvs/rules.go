@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/switchyard-proxy/switchyard/internal/ruletext"
+	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -30,21 +31,15 @@ const (
 // tables in restore order.
 var tables = []string{"mangle", "nat", "filter"}
 
-// jumpRule is a rule in a built-in chain that jumps to one of ours.
-type jumpRule struct {
-	table, chain string
-	args         []string
-}
-
 // hooks are the jump rules from the built-in chains, inserted at the top.
-var hooks = []jumpRule{
-	{"mangle", "PREROUTING", []string{"-m", "comment", "--comment", "switchyard ipvs pod traffic marks", "-j", chainPrerouting}},
-	{"mangle", "OUTPUT", []string{"-m", "comment", "--comment", "switchyard ipvs node traffic marks", "-j", chainETPLocal}},
-	{"nat", "PREROUTING", []string{"-m", "comment", "--comment", "switchyard ipvs services", "-j", chainServices}},
-	{"nat", "OUTPUT", []string{"-m", "comment", "--comment", "switchyard ipvs services", "-j", chainServices}},
-	{"nat", "POSTROUTING", []string{"-m", "comment", "--comment", "switchyard ipvs postrouting", "-j", chainPostrouting}},
-	{"filter", "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchyard ipvs input filter", "-j", chainInput}},
-	{"filter", "FORWARD", []string{"-m", "comment", "--comment", "switchyard ipvs forward", "-j", chainForward}},
+var hooks = []iptexec.Jump{
+	iptexec.NewJump("mangle", "PREROUTING", chainPrerouting, "switchyard ipvs pod traffic marks"),
+	iptexec.NewJump("mangle", "OUTPUT", chainETPLocal, "switchyard ipvs node traffic marks"),
+	iptexec.NewJump("nat", "PREROUTING", chainServices, "switchyard ipvs services"),
+	iptexec.NewJump("nat", "OUTPUT", chainServices, "switchyard ipvs services"),
+	iptexec.NewJump("nat", "POSTROUTING", chainPostrouting, "switchyard ipvs postrouting"),
+	iptexec.NewJump("filter", "INPUT", chainInput, "switchyard ipvs input filter", "-m", "conntrack", "--ctstate", "NEW"),
+	iptexec.NewJump("filter", "FORWARD", chainForward, "switchyard ipvs forward"),
 }
 
 type rulesWriter struct {

@@ -163,14 +163,20 @@ func NoMatch(npa proxier.NodePortAddresses) bool {
 
 // LocalAddresses returns the IP addresses of every interface of the current
 // network namespace (up or down, loopback and link-local included, like
-// kube-proxy's net.InterfaceAddrs), sorted and deduplicated.
-func LocalAddresses() ([]netip.Addr, error) {
+// kube-proxy's net.InterfaceAddrs), sorted and deduplicated, except those
+// of the interfaces named in skip (e.g. the IPVS mode's dummy interface,
+// whose addresses are service VIPs). It is the one place switchyard lists
+// local addresses.
+func LocalAddresses(skip ...string) ([]netip.Addr, error) {
 	ifaces, err := net.Interfaces()
 	if err != nil {
 		return nil, fmt.Errorf("listing network interfaces: %w", err)
 	}
 	var out []netip.Addr
 	for _, ifc := range ifaces {
+		if slices.Contains(skip, ifc.Name) {
+			continue
+		}
 		addrs, err := ifc.Addrs()
 		if err != nil {
 			return nil, fmt.Errorf("listing addresses of interface %s: %w", ifc.Name, err)

@@ -352,6 +352,9 @@ type Snapshot struct {
 	// FullSync asks the backend to rewrite everything (first sync, after a
 	// failure, periodic).
 	FullSync bool
+	// Verify asks the backend to check the kernel against what it wrote
+	// and repair what drifted (the runner sets it once per sync period).
+	Verify bool
 	// HostPorts are the hostPort mappings of this node's pods.
 	HostPorts []HostPort
 }
@@ -396,6 +399,9 @@ type SyncResult struct {
 	Bytes int
 	// Rules counts the rules, virtual servers or elements written.
 	Rules int
+	// Repaired counts, per kind ("chain", "jump", "virtual-server", ...),
+	// what the backend found changed behind its back and rewrote.
+	Repaired map[string]int
 }
 
 // Backend programs the kernel for one proxy mode. Sync receives one snapshot

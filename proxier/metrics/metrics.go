@@ -92,6 +92,7 @@ type Metrics struct {
 	syncs        *prometheus.CounterVec
 	lastBytes    prometheus.Gauge
 	lastRules    prometheus.Gauge
+	driftRepairs *prometheus.CounterVec
 
 	configzMu sync.Mutex
 	configz   map[string]any
@@ -158,7 +159,11 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 	m.lastRules = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "switchyard", Name: "sync_proxy_rules_last_written_rules",
 		Help: "Rules, virtual servers or elements written by the last successful sync (0 when it wrote nothing)"})
 
+	m.driftRepairs = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "sync_drift_repairs_total",
+		Help: "Cumulative objects (chains, jump rules, ipsets, virtual servers, real servers, addresses) found changed behind switchyard's back and repaired, by kind"}, []string{"kind"})
+
 	m.reg.MustRegister(
+		m.driftRepairs,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.syncDuration, m.syncFullDuration, m.syncPartialDuration, m.networkProgramming,
@@ -222,6 +227,9 @@ func (m *Metrics) SyncSucceeded(full bool, took time.Duration, res proxier.SyncR
 	}
 	m.lastBytes.Set(float64(bytes))
 	m.lastRules.Set(float64(rules))
+	for kind, n := range res.Repaired {
+		m.driftRepairs.WithLabelValues(kind).Add(float64(n))
+	}
 }
 
 // SyncFailed records a failed sync. As in kube-proxy, its duration is

@@ -196,6 +196,17 @@ func TestSyncMetricsOverHTTP(t *testing.T) {
 		t.Errorf("last written rules = %v, want 77", v)
 	}
 
+	// Drift repairs are counted by kind.
+	m.SyncSucceeded(false, time.Millisecond, proxier.SyncResult{Wrote: true, Repaired: map[string]int{"chain": 2, "jump": 1}}, time.Unix(1700000005, 0))
+	m.SyncSucceeded(false, time.Millisecond, proxier.SyncResult{Wrote: true, Repaired: map[string]int{"chain": 1}}, time.Unix(1700000006, 0))
+	fams = scrape(t, base)
+	if v := value(t, fams, "switchyard_sync_drift_repairs_total", map[string]string{"kind": "chain"}); v != 3 {
+		t.Errorf("chain drift repairs = %v, want 3", v)
+	}
+	if v := value(t, fams, "switchyard_sync_drift_repairs_total", map[string]string{"kind": "jump"}); v != 1 {
+		t.Errorf("jump drift repairs = %v, want 1", v)
+	}
+
 	// Bucket layout is upstream's: 15 exponential buckets from 1ms (the
 	// text format adds +Inf).
 	h := find(t, fams, "kubeproxy_sync_proxy_rules_duration_seconds", v4).GetHistogram()

@@ -14,6 +14,11 @@
 //     inside that window is coalesced into one sync.
 //   - Without triggers, a sync still runs SyncPeriod after the previous one
 //     (a partial sync: the backend repairs or confirms its state).
+//   - A sync verifies (Verify(ctx) is true: the backend checks the kernel
+//     against what it wrote and repairs drift) when the last successful
+//     verifying sync started SyncPeriod or longer ago, and always when it
+//     is full. The periodic sync is therefore always a verifying one, and
+//     a steady stream of changes cannot postpone verification.
 //   - A sync is full when the last successful full sync is older than
 //     FullSyncPeriod (default one hour). This knob lives here rather than in
 //     every backend so all modes share it; backends may still decide to
@@ -44,8 +49,19 @@ const (
 
 // SyncFunc programs the backend once. full asks for a complete rewrite
 // (first sync, after a failure, periodic full sync); the function should
-// pass it on as Snapshot.FullSync. It must honour ctx.
+// pass it on as Snapshot.FullSync, and Verify(ctx) as Snapshot.Verify. It
+// must honour ctx.
 type SyncFunc func(ctx context.Context, full bool) (proxier.SyncResult, error)
+
+type verifyKey struct{}
+
+// Verify reports whether the sync running with ctx is a verifying one: the
+// backend should check the kernel against what it wrote and repair what
+// drifted (Snapshot.Verify).
+func Verify(ctx context.Context) bool {
+	v, _ := ctx.Value(verifyKey{}).(bool)
+	return v
+}
 
 // Config sets the runner's periods. Zero fields take the defaults.
 type Config struct {
@@ -149,6 +165,7 @@ type Runner struct {
 	pendingSince time.Time // when the oldest such change arrived
 	lastAttempt  time.Time // start of the last attempt (zero: none yet)
 	lastFull     time.Time // start of the last successful full sync
+	lastVerify   time.Time // start of the last successful verifying sync
 	failures     int       // consecutive failed attempts
 	retryAt      time.Time // when to retry after a failure
 }
@@ -297,6 +314,7 @@ func (r *Runner) attempt(ctx context.Context, forceFull bool) error {
 	r.mu.Lock()
 	full := forceFull || r.failures > 0 || r.lastFull.IsZero() ||
 		(r.cfg.FullSyncPeriod > 0 && start.Sub(r.lastFull) >= r.cfg.FullSyncPeriod)
+	verify := full || r.lastVerify.IsZero() || start.Sub(r.lastVerify) >= r.cfg.SyncPeriod
 	waited := time.Duration(0)
 	if r.pending {
 		waited = start.Sub(r.pendingSince)
@@ -305,7 +323,7 @@ func (r *Runner) attempt(ctx context.Context, forceFull bool) error {
 	r.lastAttempt = start
 	r.mu.Unlock()
 
-	res, err := r.sync(ctx, full)
+	res, err := r.sync(context.WithValue(ctx, verifyKey{}, verify), full)
 	end := r.clock.Now()
 	took := end.Sub(start)
 
@@ -319,6 +337,9 @@ func (r *Runner) attempt(ctx context.Context, forceFull bool) error {
 		r.failures = 0
 		if full || res.Full {
 			r.lastFull = start
+		}
+		if verify {
+			r.lastVerify = start
 		}
 	}
 	stillPending := r.pending

@@ -86,15 +86,17 @@ var errBoom = errors.New("boom")
 type recorder struct {
 	mu    sync.Mutex
 	calls []bool // the full flag of each call
+	verif []bool // Verify(ctx) of each call
 	fail  int    // fail this many upcoming calls
 	clock *fakeClock
 	times []time.Time
 }
 
-func (r *recorder) sync(_ context.Context, full bool) (proxier.SyncResult, error) {
+func (r *recorder) sync(ctx context.Context, full bool) (proxier.SyncResult, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, full)
+	r.verif = append(r.verif, Verify(ctx))
 	if r.clock != nil {
 		r.times = append(r.times, r.clock.Now())
 	}
@@ -301,6 +303,54 @@ func TestPeriodicSyncAndFullSyncPeriod(t *testing.T) {
 		if calls[i] != wantFull {
 			t.Fatalf("periodic sync %d: full=%v, want %v", i, calls[i], wantFull)
 		}
+	}
+}
+
+func (r *recorder) verifies() []bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]bool(nil), r.verif...)
+}
+
+// Every periodic sync verifies, triggered ones in between do not, and a
+// steady stream of changes cannot postpone verification past SyncPeriod.
+func TestVerifyOncePerSyncPeriod(t *testing.T) {
+	h := start(t, testCfg)
+	t0 := h.clock.Now()
+	h.r.Ready()
+	h.waitCalls(1)
+	if v := h.rec.verifies(); !v[0] {
+		t.Fatal("first (full) sync does not verify")
+	}
+	h.r.Trigger()
+	h.waitParked(t0.Add(testCfg.MinSyncPeriod))
+	h.clock.Advance(testCfg.MinSyncPeriod)
+	h.waitCalls(2)
+	if v := h.rec.verifies(); v[1] {
+		t.Fatal("a triggered sync right after the first verified")
+	}
+	// Idle: the periodic sync verifies.
+	next := t0.Add(testCfg.MinSyncPeriod + testCfg.SyncPeriod)
+	h.waitParked(next)
+	h.clock.Advance(testCfg.SyncPeriod)
+	h.waitCalls(3)
+	if v := h.rec.verifies(); !v[2] {
+		t.Fatal("periodic sync does not verify")
+	}
+	// Changes every MinSyncPeriod: exactly one sync per SyncPeriod verifies.
+	n := 3
+	verified := 0
+	for i := 0; i < int(testCfg.SyncPeriod/testCfg.MinSyncPeriod); i++ {
+		h.r.Trigger()
+		h.clock.Advance(testCfg.MinSyncPeriod)
+		n++
+		h.waitCalls(n)
+		if v := h.rec.verifies(); v[n-1] {
+			verified++
+		}
+	}
+	if verified != 1 {
+		t.Fatalf("%d of the triggered syncs in one sync period verified, want 1", verified)
 	}
 }
 

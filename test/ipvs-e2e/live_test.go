@@ -229,6 +229,48 @@ func TestLive(t *testing.T) {
 		t.Logf("two periodic syncs: %s", seg)
 	})
 
+	// issue 9: what switchyard owns, changed by hand, comes back at the
+	// next periodic sync (logged at WARN, counted by kind).
+	t.Run("drift is repaired by the periodic sync", func(t *testing.T) {
+		before, rulesBefore, setsBefore, addrsBefore := shape(ipvsadm(t, l, l.Node)), iptablesSave(t, l), ipsetAdds(t, l, l.Node), dummyAddrs(t, l, l.Node)
+		for _, cmd := range [][]string{
+			{"ipvsadm", "-D", "-t", "10.96.10.2:80"},                           // a virtual server
+			{"ipvsadm", "-d", "-t", "10.96.10.1:80", "-r", "10.244.0.11:8080"}, // a real server
+			{"ip", "addr", "del", "10.96.10.4/32", "dev", "swy-ipvs0"},         // an address
+			{"ipset", "del", "SWY-CLUSTER-IP", "10.96.10.1,tcp:80"},            // an ipset entry
+			{"iptables-nft", "-w", "-t", "nat", "-F", "SWY-IPVS-SERVICES"},     // a chain's rules
+			{"iptables-nft", "-w", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "switchyard ipvs services", "-j", "SWY-IPVS-SERVICES"}, // a hook
+		} {
+			l.MustExec(l.Node, cmd...)
+		}
+		seg := sy.waitSync("drift", true)
+		if !strings.Contains(seg, "changed behind our back; repaired") {
+			t.Errorf("no WARN about the repaired drift in:\n%s", seg)
+		}
+		poll(t, "everything back as written", syncDeadline, func() string {
+			if after := shape(ipvsadm(t, l, l.Node)); !slices.Equal(before, after) {
+				return "ipvsadm -Ln:\n  " + strings.Join(diffLines(before, after), "\n  ")
+			}
+			if after := ipsetAdds(t, l, l.Node); !slices.Equal(setsBefore, after) {
+				return "ipset:\n  " + strings.Join(diffLines(setsBefore, after), "\n  ")
+			}
+			if after := dummyAddrs(t, l, l.Node); !slices.Equal(addrsBefore, after) {
+				return "swy-ipvs0: " + strings.Join(diffLines(addrsBefore, after), " ")
+			}
+			if iptablesSave(t, l) != rulesBefore {
+				return "iptables-save differs"
+			}
+			return ""
+		})
+		c, _ := requests(t, client.NS, netip.Addr{}, proxier.TCP, "10.96.10.2:80", stickyRequests)
+		expectPods(t, "pod → repaired sh service", c, abc, false, true)
+		c, _ = requests(t, client.NS, netip.Addr{}, proxier.TCP, "10.96.10.1:80", spreadRequests)
+		expectPods(t, "pod → repaired TCP cluster IP", c, abc, true, false)
+		c, _ = requests(t, l.Outside, outside, proxier.TCP, "10.0.0.10:30100", spreadRequests)
+		expectPods(t, "outside → node port after the PREROUTING hook came back", c, abc, true, false)
+		t.Logf("repair: %s", seg)
+	})
+
 	const long = "TCP 10.96.10.3:9000 rr"
 	longDest := func(p scenarios.Pod) string { return p.IP.String() + ":9000" }
 	var open *lab.Conn

@@ -78,6 +78,9 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	syncFn := func(ctx context.Context, full bool) (proxier.SyncResult, error) {
 		obs.setNode(tr.Node())
 		plan := tr.Plan(full)
+		for _, snap := range plan.Snapshots {
+			snap.Verify = runner.Verify(ctx) // once per sync period: check for and repair drift
+		}
 		obs.planned(plan)
 		res, err := backend.Sync(ctx, plan.Snapshots)
 		if err != nil {

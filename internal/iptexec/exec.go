@@ -1,10 +1,17 @@
-package iptables
+// Package iptexec is the iptables plumbing every switchyard mode that
+// writes iptables rules shares: running the tools (Executor), picking the
+// flavour (iptables-nft or iptables-legacy, Detect), naming the binaries
+// (ToolsFor), parsing iptables-save output (ParseSave), feeding
+// iptables-restore (Restore) and the jump rules from built-in chains
+// (Jump). It knows nothing about services: the backends render the rules.
+package iptexec
 
 import (
 	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
+	"strings"
 )
 
 // Executor runs one command with the given standard input and returns what
@@ -42,4 +49,15 @@ func (e *CommandExecutor) Run(ctx context.Context, stdin []byte, name string, ar
 		err = fmt.Errorf("%s: %w", name, err)
 	}
 	return out.Bytes(), errb.Bytes(), err
+}
+
+// Trim shortens a tool's stderr for errors and logs: one line, at most
+// 2000 bytes.
+func Trim(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	s = strings.ReplaceAll(s, "\n", "; ")
+	if len(s) > 2000 {
+		s = s[:2000] + "..."
+	}
+	return s
 }

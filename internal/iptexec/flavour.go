@@ -1,4 +1,4 @@
-package iptables
+package iptexec
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
-// Mode selects which iptables implementation the backend drives.
+// Mode selects which iptables implementation (flavour) is driven.
 type Mode string
 
 const (
@@ -21,20 +21,23 @@ const (
 	ModeLegacy Mode = "legacy"
 )
 
-// tools names the three binaries of one flavour and family.
-type tools struct {
-	iptables, save, restore string
-	// nft is true for the iptables-nft flavour.
-	nft bool
+// Tools names the three binaries of one flavour and family. They are
+// always called by their flavoured names (iptables-nft-restore, ...).
+type Tools struct {
+	IPTables, Save, Restore string
+	// NFT is true for the iptables-nft flavour.
+	NFT bool
 }
 
-func toolsFor(m Mode, f proxier.IPFamily) tools {
+// ToolsFor returns the binaries of flavour m (ModeNFT or ModeLegacy) for
+// family f.
+func ToolsFor(m Mode, f proxier.IPFamily) Tools {
 	base := "iptables"
 	if f == proxier.IPv6 {
 		base = "ip6tables"
 	}
 	base += "-" + string(m)
-	return tools{iptables: base, save: base + "-save", restore: base + "-restore", nft: m == ModeNFT}
+	return Tools{IPTables: base, Save: base + "-save", Restore: base + "-restore", NFT: m == ModeNFT}
 }
 
 // countRules runs the save tool of mode m for both families and counts rule
@@ -42,7 +45,7 @@ func toolsFor(m Mode, f proxier.IPFamily) tools {
 func countRules(ctx context.Context, ex Executor, m Mode) int {
 	n, ran := 0, false
 	for _, f := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
-		out, _, err := ex.Run(ctx, nil, toolsFor(m, f).save)
+		out, _, err := ex.Run(ctx, nil, ToolsFor(m, f).Save)
 		if err != nil {
 			continue
 		}
@@ -59,9 +62,9 @@ func countRules(ctx context.Context, ex Executor, m Mode) int {
 	return n
 }
 
-// detectMode resolves ModeAuto: the flavour holding more rules wins, nft on
-// a tie; a flavour whose tools do not run loses.
-func detectMode(ctx context.Context, ex Executor) (Mode, error) {
+// Detect resolves ModeAuto: the flavour holding more rules (both families)
+// wins, nft on a tie; a flavour whose tools do not run loses.
+func Detect(ctx context.Context, ex Executor) (Mode, error) {
 	legacy := countRules(ctx, ex, ModeLegacy)
 	nft := countRules(ctx, ex, ModeNFT)
 	switch {
