@@ -6,8 +6,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/switchyard-proxy/switchyard/internal/ruletext"
 	"github.com/switchyard-proxy/switchyard/internal/iptexec"
+	"github.com/switchyard-proxy/switchyard/internal/ruletext"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
