@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/switchyard-proxy/switchyard/test/lab"
 	"github.com/switchyard-proxy/switchyard/test/scenarios"
@@ -106,7 +107,9 @@ spec:
   clusterIP: "fd00:10:96::6:3"
   clusterIPs: ["fd00:10:96::6:3"]
   ipFamilies: [IPv6]
-  ports: [{name: t, protocol: TCP, port: 80, targetPort: 8080}]
+  ports:
+  - {name: t, protocol: TCP, port: 80, targetPort: 8080}
+  - {name: u, protocol: UDP, port: 53, targetPort: 5353}
 ---
 apiVersion: v1
 kind: Service
@@ -161,6 +164,14 @@ endpoints:
   conditions: {ready: true}
   nodeName: node-b
 `
+
+// refuseTimeoutV6 bounds an IPv6 TCP connection expected to be refused. In
+// the lab the ICMPv6 port-unreachable of a REJECT comes back while the
+// client's connect() still holds its socket lock, and Linux's IPv6 TCP then
+// keeps the error as a soft one (nstat: TcpExtLockDroppedIcmps): the
+// connection is refused only when the SYN retransmission, about 1s later,
+// draws a second ICMPv6 error. IPv4 aborts at the first one.
+const refuseTimeoutV6 = 4 * time.Second
 
 // TestDualStackRealTraffic runs `switchyard --once` (iptables mode) in a
 // dual-stack lab and checks with real TCP and UDP packets: a pod reaches
@@ -225,7 +236,7 @@ func TestDualStackRealTraffic(t *testing.T) {
 		{"node → IPv6-only cluster IP", l.Node, netip.Addr{}, "[fd00:10:96::6:2]:80", "[fd00:10:96::6:2]:53", []string{"ds-2"}, masq, false},
 		{"outside → IPv6-only node port", l.Outside, l.OutsideIPv6, "[fd00:10::10]:30681", "[fd00:10::10]:30654", []string{"ds-2"}, masq, false},
 		{"hairpin: ds-2 → IPv6-only cluster IP", ds2.NS, ds2.IPv6, "[fd00:10:96::6:2]:80", "[fd00:10:96::6:2]:53", []string{"ds-2"}, masq, false},
-		{"pod → IPv6 cluster IP without endpoints", client.NS, client.IPv6, "[fd00:10:96::6:3]:80", "", nil, "", false},
+		{"pod → IPv6 cluster IP without endpoints", client.NS, client.IPv6, "[fd00:10:96::6:3]:80", "[fd00:10:96::6:3]:53", nil, "", false},
 		{"outside → IPv6 eTP Local node port", l.Outside, l.OutsideIPv6, "[fd00:10::10]:30684", "", []string{"ds-1"}, "kept", false},
 		{"pod → IPv6 cluster IP with session affinity", client.NS, client.IPv6, "[fd00:10:96::6:4]:80", "", both, "kept", true},
 	} {
@@ -236,7 +247,7 @@ func TestDualStackRealTraffic(t *testing.T) {
 			}
 			t.Run(tc.name+"/"+proto, func(t *testing.T) {
 				if len(tc.allowed) == 0 {
-					if _, err := lab.DialFrom(tc.ns, tc.src, proto, dst, lab.DefaultDialTimeout); !errors.Is(err, lab.ErrRefused) {
+					if _, err := lab.DialFrom(tc.ns, tc.src, proto, dst, refuseTimeoutV6); !errors.Is(err, lab.ErrRefused) {
 						t.Errorf("%s %s: got %v, want connection refused", proto, dst, errOrReply(err))
 					}
 					return
@@ -279,4 +290,30 @@ func TestDualStackRealTraffic(t *testing.T) {
 			})
 		}
 	}
+
+	// --detect-local-mode NodeCIDR takes the IPv6 pod CIDR from the Node's
+	// spec.podCIDRs: the client (fd00:10:244::100, inside fd00:10:244::/64)
+	// keeps its source, node-b's pod ds-2 (fd00:10:244:1::2) is masqueraded.
+	t.Run("NodeCIDR", func(t *testing.T) {
+		args := append([]string{"netns", "exec", l.Node, switchyardBinary(t), "--once"}, commonFlags(dir, scenarios.Config{})...)
+		args = append(args, "--detect-local-mode", "NodeCIDR")
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("switchyard --once --detect-local-mode NodeCIDR: %v\n%s", err, out)
+		}
+		for _, c := range []struct {
+			p      *lab.PodNS
+			masked bool
+		}{{client, false}, {ds2, true}} {
+			for i := 0; i < singleRequests; i++ {
+				r, err := lab.DialFrom(c.p.NS, c.p.IPv6, "tcp", "[fd00:10:96::6:1]:80", lab.DefaultDialTimeout)
+				if err != nil {
+					t.Fatalf("%s → [fd00:10:96::6:1]:80: %v", c.p.Name, err)
+				}
+				kept := r.Peer.Addr() == c.p.IPv6
+				if kept == c.masked || (c.masked && !nodeAddrs[r.Peer.Addr()]) {
+					t.Errorf("%s → [fd00:10:96::6:1]:80: %s saw source %v; want masqueraded %v", c.p.Name, r.Name, r.Peer.Addr(), c.masked)
+				}
+			}
+		}
+	})
 }
