@@ -19,7 +19,9 @@
 // the node and is dropped inside the lab, never reaching the host.
 //
 // In the node namespace ip_forward and route_localnet are on and rp_filter
-// is off.
+// is off. Each pod namespace runs the swy-echo server (package test/echo),
+// built once per test binary; it answers on IPv4 and IPv6. Everything is
+// removed in t.Cleanup.
 //
 // Dual-stack (opt-in: Spec.DualStack, an IPv6 address in the Spec, or a pod
 // with Pod.IPv6): the same topology also carries IPv6, with ULA and
@@ -37,8 +39,7 @@
 // namespace (accept_dad=0, and addresses are added with nodad), so no
 // address is ever "tentative"; the node forwards IPv6
 // (net.ipv6.conf.all.forwarding=1). Without dual-stack nothing of IPv6 is
-// configured, exactly as before. Each pod namespace runs the swy-echo server (package test/echo),
-// built once per test binary. Everything is removed in t.Cleanup.
+// configured, exactly as before.
 package lab
 
 import (
