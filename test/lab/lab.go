@@ -40,6 +40,13 @@
 // address is ever "tentative"; the node forwards IPv6
 // (net.ipv6.conf.all.forwarding=1). Without dual-stack nothing of IPv6 is
 // configured, exactly as before.
+//
+// One IPv6 difference tests must allow for: a TCP connection that a REJECT
+// rule refuses is seen as refused only about 1s late. The ICMPv6 error comes
+// back while the client's connect() still holds its socket lock, Linux's
+// IPv6 TCP keeps it as a soft error (nstat TcpExtLockDroppedIcmps), and only
+// the SYN retransmission's error aborts the connection (IPv4 aborts at the
+// first). Give such dials a few seconds.
 package lab
 
 import (
