@@ -23,6 +23,7 @@
 //	go test -v -run TestRealTraffic ./test/conformance/      # every scenario with real packets
 //	go test -v -run TestBalancedOverThreePods ./test/conformance/  # per-pod counts of 30 connections
 //	go test -v -run 'TestLiveManifestChanges|TestBadServiceSkipped' ./test/conformance/
+//	go test -v -run TestDualStackRealTraffic ./test/conformance/  # IPv6 and dual-stack services, dual-stack lab
 package conformance
 
 import (

@@ -39,7 +39,8 @@ func ParseReply(s string) (Reply, error) {
 }
 
 // Server answers on its TCP and UDP ports on every address of its network
-// namespace: a TCP client gets one reply line and then EOF, a UDP client one
+// namespace, IPv4 and IPv6 alike (one dual-stack wildcard socket per
+// port): a TCP client gets one reply line and then EOF, a UDP client one
 // reply datagram per datagram sent.
 type Server struct {
 	name string

@@ -35,12 +35,15 @@ func TestServerRepliesNameAndPeer(t *testing.T) {
 	s.Serve()
 	t.Cleanup(func() { _ = s.Close() })
 
-	for _, network := range []string{"tcp", "udp"} {
+	// The server listens on every address of both families: IPv4 and
+	// IPv6 loopback both answer (the dual-stack lab relies on it).
+	for _, tc := range []struct{ network, ip string }{{"tcp", "127.0.0.1"}, {"udp", "127.0.0.1"}, {"tcp", "::1"}, {"udp", "::1"}} {
+		network := tc.network
 		port := tp
 		if network == "udp" {
 			port = up
 		}
-		c, err := net.DialTimeout(network, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String(), 2*time.Second)
+		c, err := net.DialTimeout(network, netip.AddrPortFrom(netip.MustParseAddr(tc.ip), port).String(), 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,7 +55,7 @@ func TestServerRepliesNameAndPeer(t *testing.T) {
 		}
 		line, err := bufio.NewReader(c).ReadString('\n')
 		if err != nil {
-			t.Fatalf("%s: read: %v", network, err)
+			t.Fatalf("%s %s: read: %v", network, tc.ip, err)
 		}
 		r, err := ParseReply(line)
 		if err != nil {
@@ -61,7 +64,7 @@ func TestServerRepliesNameAndPeer(t *testing.T) {
 		local := netip.MustParseAddrPort(c.LocalAddr().String())
 		c.Close()
 		if r.Name != "pod-a" || r.Peer != local {
-			t.Errorf("%s: reply %+v, want name pod-a peer %v", network, r, local)
+			t.Errorf("%s %s: reply %+v, want name pod-a peer %v", network, tc.ip, r, local)
 		}
 	}
 }

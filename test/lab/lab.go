@@ -20,7 +20,33 @@
 //
 // In the node namespace ip_forward and route_localnet are on and rp_filter
 // is off. Each pod namespace runs the swy-echo server (package test/echo),
-// built once per test binary. Everything is removed in t.Cleanup.
+// built once per test binary; it answers on IPv4 and IPv6. Everything is
+// removed in t.Cleanup.
+//
+// Dual-stack (opt-in: Spec.DualStack, an IPv6 address in the Spec, or a pod
+// with Pod.IPv6): the same topology also carries IPv6, with ULA and
+// documentation addresses only:
+//
+//	outside ns                    node ns                               pod ns
+//	eth0 2001:db8::100/64 ──veth── ext0 2001:db8::1/64               pN fe80::1/64 ──veth── eth0 fd00:10:244::X/128
+//	default via 2001:db8::1        + fd00:10::10/128 (node IPv6)                         default via fe80::1 dev eth0
+//	                               fd00:10:244::X/128 dev pN src fd00:10::10
+//	                               default via 2001:db8::100
+//
+// IPv6 has no "answer neighbour solicitations for any local address", so a
+// pod's IPv6 next hop is the link-local fe80::1 on the node side of its
+// veth (as in routed CNIs). Duplicate address detection is off in every
+// namespace (accept_dad=0, and addresses are added with nodad), so no
+// address is ever "tentative"; the node forwards IPv6
+// (net.ipv6.conf.all.forwarding=1). Without dual-stack nothing of IPv6 is
+// configured, exactly as before.
+//
+// One IPv6 difference tests must allow for: a TCP connection that a REJECT
+// rule refuses is seen as refused only about 1s late. The ICMPv6 error comes
+// back while the client's connect() still holds its socket lock, Linux's
+// IPv6 TCP keeps it as a soft error (nstat TcpExtLockDroppedIcmps), and only
+// the SYN retransmission's error aborts the connection (IPv4 aborts at the
+// first). Give such dials a few seconds.
 package lab
 
 import (
@@ -47,6 +73,15 @@ var (
 	DefaultNodeIP    = netip.MustParseAddr("10.0.0.10")
 	DefaultOutsideGW = netip.MustParseAddr("192.0.2.1")
 	DefaultOutsideIP = netip.MustParseAddr("192.0.2.100")
+	// DefaultNodeIPv6, DefaultOutsideGWv6 and DefaultOutsideIPv6 are the
+	// IPv6 addresses of a dual-stack lab (the outside network is
+	// 2001:db8::/64).
+	DefaultNodeIPv6    = netip.MustParseAddr("fd00:10::10")
+	DefaultOutsideGWv6 = netip.MustParseAddr("2001:db8::1")
+	DefaultOutsideIPv6 = netip.MustParseAddr("2001:db8::100")
+	// PodGatewayIPv6 is the link-local address of the node side of every
+	// pod veth: each pod's IPv6 default route points at it.
+	PodGatewayIPv6 = netip.MustParseAddr("fe80::1")
 	// DefaultPorts are the echo ports of a pod whose spec names none.
 	DefaultPorts = []uint16{80}
 )
@@ -58,6 +93,9 @@ type Pod struct {
 	Name string
 	// IP is the pod's address (e.g. 10.244.0.5).
 	IP netip.Addr
+	// IPv6 is the pod's IPv6 address (e.g. fd00:10:244::5); optional, and
+	// it makes the lab dual-stack.
+	IPv6 netip.Addr
 	// TCPPorts and UDPPorts are the echo server's ports; both default to
 	// DefaultPorts when both are empty.
 	TCPPorts, UDPPorts []uint16
@@ -74,6 +112,26 @@ type Spec struct {
 	// (in the outside /24), usable as sources with DialFrom.
 	OutsideExtraIPs []netip.Addr
 	Pods            []Pod
+	// DualStack gives the node and the outside network IPv6 addresses
+	// too (zero IPv6 addresses below take the defaults). It is implied by
+	// any IPv6 address in the Spec or in a pod.
+	DualStack bool
+	// NodeIPv6 is the node's IPv6 address; OutsideIPv6 and OutsideGWv6
+	// are the outside client's and the node's on the outside /64.
+	NodeIPv6, OutsideIPv6, OutsideGWv6 netip.Addr
+}
+
+// dualStack reports whether the spec asks for IPv6.
+func (s Spec) dualStack() bool {
+	if s.DualStack || s.NodeIPv6.IsValid() || s.OutsideIPv6.IsValid() || s.OutsideGWv6.IsValid() {
+		return true
+	}
+	for _, p := range s.Pods {
+		if p.IPv6.IsValid() {
+			return true
+		}
+	}
+	return false
 }
 
 // PodNS is a pod namespace of a running lab.
@@ -93,6 +151,9 @@ type Lab struct {
 	Node, Outside string
 	// NodeIP, OutsideIP and OutsideGW are the addresses in use.
 	NodeIP, OutsideIP, OutsideGW netip.Addr
+	// NodeIPv6, OutsideIPv6 and OutsideGWv6 are the IPv6 addresses in use
+	// in a dual-stack lab; invalid (zero) otherwise.
+	NodeIPv6, OutsideIPv6, OutsideGWv6 netip.Addr
 	// ExtIface is the node's interface towards the outside namespace.
 	ExtIface string
 	// Pods are the pod namespaces, in spec order.
@@ -121,6 +182,20 @@ func New(t testing.TB, spec Spec) *Lab {
 	if spec.OutsideGW == (netip.Addr{}) {
 		spec.OutsideGW = DefaultOutsideGW
 	}
+	dual := spec.dualStack()
+	if dual {
+		for _, d := range []struct {
+			a   *netip.Addr
+			def netip.Addr
+		}{{&spec.NodeIPv6, DefaultNodeIPv6}, {&spec.OutsideIPv6, DefaultOutsideIPv6}, {&spec.OutsideGWv6, DefaultOutsideGWv6}} {
+			if !d.a.IsValid() {
+				*d.a = d.def
+			}
+			if !d.a.Is6() || d.a.Is4In6() {
+				t.Fatalf("lab: IPv6 address required, got %v", *d.a)
+			}
+		}
+	}
 	var idb [3]byte
 	if _, err := rand.Read(idb[:]); err != nil {
 		t.Fatalf("lab: random id: %v", err)
@@ -136,6 +211,9 @@ func New(t testing.TB, spec Spec) *Lab {
 		ExtIface:  "ext0",
 		t:         t,
 	}
+	if dual {
+		l.NodeIPv6, l.OutsideIPv6, l.OutsideGWv6 = spec.NodeIPv6, spec.OutsideIPv6, spec.OutsideGWv6
+	}
 	t.Cleanup(l.cleanup)
 	seen := map[string]bool{}
 	for i, p := range spec.Pods {
@@ -145,6 +223,9 @@ func New(t testing.TB, spec Spec) *Lab {
 		seen[p.Name] = true
 		if !p.IP.Is4() {
 			t.Fatalf("lab: pod %s: IPv4 address required, got %v", p.Name, p.IP)
+		}
+		if p.IPv6.IsValid() && (!p.IPv6.Is6() || p.IPv6.Is4In6() || p.IPv6.IsLinkLocalUnicast()) {
+			t.Fatalf("lab: pod %s: IPv6 must be a global or ULA IPv6 address, got %v", p.Name, p.IPv6)
 		}
 		if len(p.TCPPorts) == 0 && len(p.UDPPorts) == 0 {
 			p.TCPPorts, p.UDPPorts = DefaultPorts, DefaultPorts
@@ -171,6 +252,10 @@ func New(t testing.TB, spec Spec) *Lab {
 		"net/ipv4/conf/all/arp_ignore":         "0",
 	})
 	l.sysctls(l.Outside, map[string]string{"net/ipv4/ip_forward": "0"})
+	if dual {
+		l.sysctls(l.Node, ipv6Sysctls("1"))
+		l.sysctls(l.Outside, ipv6Sysctls("0"))
+	}
 
 	// node <-> outside
 	l.must("ip", "-n", l.Node, "link", "add", l.ExtIface, "type", "veth", "peer", "name", "eth0", "netns", l.Outside)
@@ -184,10 +269,20 @@ func New(t testing.TB, spec Spec) *Lab {
 	l.must("ip", "-n", l.Outside, "link", "set", "eth0", "up")
 	l.must("ip", "-n", l.Outside, "route", "add", "default", "via", l.OutsideGW.String())
 	l.must("ip", "-n", l.Node, "route", "add", "default", "via", l.OutsideIP.String(), "dev", l.ExtIface)
+	if dual {
+		l.must("ip", "-n", l.Node, "-6", "addr", "add", l.OutsideGWv6.String()+"/64", "dev", l.ExtIface, "nodad")
+		l.must("ip", "-n", l.Node, "-6", "addr", "add", l.NodeIPv6.String()+"/128", "dev", l.ExtIface, "nodad")
+		l.must("ip", "-n", l.Outside, "-6", "addr", "add", l.OutsideIPv6.String()+"/64", "dev", "eth0", "nodad")
+		l.must("ip", "-n", l.Outside, "-6", "route", "add", "default", "via", l.OutsideGWv6.String(), "dev", "eth0")
+		l.must("ip", "-n", l.Node, "-6", "route", "add", "default", "via", l.OutsideIPv6.String(), "dev", l.ExtIface)
+	}
 
 	for _, p := range l.Pods {
 		l.addNS(p.NS)
 		l.sysctls(p.NS, map[string]string{"net/ipv4/conf/all/rp_filter": "0"})
+		if dual {
+			l.sysctls(p.NS, ipv6Sysctls("0"))
+		}
 		l.must("ip", "-n", l.Node, "link", "add", p.NodeIface, "type", "veth", "peer", "name", "eth0", "netns", p.NS)
 		l.must("ip", "-n", l.Node, "link", "set", p.NodeIface, "up")
 		l.must("ip", "-n", l.Node, "route", "add", p.IP.String()+"/32", "dev", p.NodeIface, "src", l.NodeIP.String())
@@ -195,6 +290,16 @@ func New(t testing.TB, spec Spec) *Lab {
 		l.must("ip", "-n", p.NS, "addr", "add", p.IP.String()+"/32", "dev", "eth0")
 		l.must("ip", "-n", p.NS, "link", "set", "eth0", "up")
 		l.must("ip", "-n", p.NS, "route", "add", "default", "via", l.NodeIP.String(), "dev", "eth0", "onlink")
+		if dual {
+			// Both ends are up: the node side gets the pods' IPv6
+			// gateway, the pod its address and default route.
+			l.must("ip", "-n", l.Node, "-6", "addr", "add", PodGatewayIPv6.String()+"/64", "dev", p.NodeIface, "nodad")
+			if p.IPv6.IsValid() {
+				l.must("ip", "-n", l.Node, "-6", "route", "add", p.IPv6.String()+"/128", "dev", p.NodeIface, "src", l.NodeIPv6.String())
+				l.must("ip", "-n", p.NS, "-6", "addr", "add", p.IPv6.String()+"/128", "dev", "eth0", "nodad")
+			}
+			l.must("ip", "-n", p.NS, "-6", "route", "add", "default", "via", PodGatewayIPv6.String(), "dev", "eth0")
+		}
 	}
 	var need []*PodNS
 	for _, p := range l.Pods {
@@ -224,6 +329,19 @@ func RequireRoot(t testing.TB) {
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatalf("lab: the ip tool (iproute2) is required: %v", err)
+	}
+}
+
+// ipv6Sysctls are a dual-stack namespace's IPv6 settings: IPv6 on,
+// duplicate address detection off (set before its links exist, so they
+// inherit it), and forwarding as given ("1" for the node).
+func ipv6Sysctls(forwarding string) map[string]string {
+	return map[string]string{
+		"net/ipv6/conf/all/disable_ipv6":     "0",
+		"net/ipv6/conf/default/disable_ipv6": "0",
+		"net/ipv6/conf/all/accept_dad":       "0",
+		"net/ipv6/conf/default/accept_dad":   "0",
+		"net/ipv6/conf/all/forwarding":       forwarding,
 	}
 }
 

@@ -100,10 +100,60 @@ func TestLabWithoutProxy(t *testing.T) {
 	}
 }
 
+// TestDualStackLabWithoutProxy proves the dual-stack lab's IPv6 plumbing
+// with no proxy: TCP and UDP over IPv6 from the outside client, a pod and
+// the node reach pods' IPv6 addresses with the source kept, IPv4 still
+// works next to it, a pod without an IPv6 address is fine, and an
+// unproxied IPv6 service address times out inside the lab.
+func TestDualStackLabWithoutProxy(t *testing.T) {
+	RequireRoot(t)
+	l := New(t, Spec{Pods: []Pod{
+		{Name: "pod-a", IP: netip.MustParseAddr("10.244.0.2"), IPv6: netip.MustParseAddr("fd00:10:244::2"), TCPPorts: []uint16{80}, UDPPorts: []uint16{53}},
+		{Name: "pod-b", IP: netip.MustParseAddr("10.244.1.2"), IPv6: netip.MustParseAddr("fd00:10:244:1::2"), TCPPorts: []uint16{80}, UDPPorts: []uint16{53}},
+		{Name: "pod-c", IP: netip.MustParseAddr("10.244.0.3"), TCPPorts: []uint16{80}},
+	}})
+	if l.NodeIPv6 != DefaultNodeIPv6 || l.OutsideIPv6 != DefaultOutsideIPv6 || l.OutsideGWv6 != DefaultOutsideGWv6 {
+		t.Fatalf("IPv6 addresses %v %v %v, want the defaults", l.NodeIPv6, l.OutsideIPv6, l.OutsideGWv6)
+	}
+	a, b, c := l.Pod("pod-a"), l.Pod("pod-b"), l.Pod("pod-c")
+	cases := []struct {
+		from, proto, to string
+		wantName        string
+		wantSrc         netip.Addr
+	}{
+		{l.Outside, "tcp", addr(a.IPv6, 80), "pod-a", l.OutsideIPv6},
+		{l.Outside, "udp", addr(b.IPv6, 53), "pod-b", l.OutsideIPv6},
+		{a.NS, "tcp", addr(b.IPv6, 80), "pod-b", a.IPv6},
+		{b.NS, "udp", addr(a.IPv6, 53), "pod-a", b.IPv6},
+		{l.Node, "tcp", addr(b.IPv6, 80), "pod-b", l.NodeIPv6},
+		{l.Node, "udp", addr(a.IPv6, 53), "pod-a", l.NodeIPv6},
+		{l.Outside, "tcp", addr(a.IP, 80), "pod-a", l.OutsideIP},
+		{a.NS, "tcp", addr(c.IP, 80), "pod-c", a.IP},
+	}
+	for _, c := range cases {
+		r, err := l.Dial(c.from, c.proto, c.to)
+		if err != nil {
+			t.Errorf("%s %s -> %s: %v", c.from, c.proto, c.to, err)
+			continue
+		}
+		if r.Name != c.wantName || r.Peer.Addr() != c.wantSrc {
+			t.Errorf("%s %s -> %s: reply %v, want from %s seeing source %v", c.from, c.proto, c.to, r, c.wantName, c.wantSrc)
+		}
+	}
+	if _, err := l.Dial(l.Outside, "tcp", "[fd00:10:96::1]:80"); !errors.Is(err, ErrTimeout) {
+		t.Errorf("unproxied IPv6 service address: err = %v, want ErrTimeout", err)
+	}
+	if out := l.MustExec(l.Node, "ip", "-6", "addr", "show", "tentative"); strings.TrimSpace(out) != "" {
+		t.Errorf("tentative IPv6 addresses on the node:\n%s", out)
+	}
+}
+
 // TestSpecValidation checks that bad pod specs fail before any namespace is made.
 func TestSpecValidation(t *testing.T) {
 	RequireRoot(t)
-	for _, p := range []Pod{{Name: "Bad_Name", IP: netip.MustParseAddr("10.244.0.9")}, {Name: "v6", IP: netip.MustParseAddr("fd00::1")}} {
+	for _, p := range []Pod{{Name: "Bad_Name", IP: netip.MustParseAddr("10.244.0.9")}, {Name: "v6", IP: netip.MustParseAddr("fd00::1")},
+		{Name: "v6-in-v4", IP: netip.MustParseAddr("10.244.0.9"), IPv6: netip.MustParseAddr("10.244.0.10")},
+		{Name: "v6-ll", IP: netip.MustParseAddr("10.244.0.9"), IPv6: netip.MustParseAddr("fe80::9")}} {
 		ft := &fakeT{TB: t}
 		func() {
 			defer func() { _ = recover() }()
