@@ -329,7 +329,7 @@ func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 		mark = waitWrote(t, proc, 0, "the restart")
 		restarted := time.Now()
 		out := proc.Output()
-		if !strings.Contains(out, `msg="conntrack reconciled"`) {
+		if !strings.Contains(out, `"conntrack reconciled"`) {
 			t.Errorf("the first sync after the restart did not reconcile conntrack:\n%s", out)
 		}
 		if strings.Contains(out, "deleted stale conntrack entries") {
@@ -376,7 +376,7 @@ func testConntrackUDPFlowsMove(t *testing.T, mode string) {
 		t.Errorf("switchyard never logged a conntrack cleanup:\n%s", all)
 	}
 	for _, line := range strings.Split(all, "\n") {
-		if strings.Contains(line, "conntrack") || strings.Contains(line, "msg=synced") {
+		if strings.Contains(line, "conntrack") || strings.Contains(line, "msg=synced") || strings.Contains(line, `"synced"`) {
 			t.Logf("switchyard: %s", line)
 		}
 	}
