@@ -23,6 +23,11 @@ type Service struct {
 	Port uint16
 	// LocalEndpoints counts the service's ready endpoints on this node.
 	LocalEndpoints int
+	// PerFamily, when set, counts them per IP family: a request is
+	// answered with the count of the family it arrived over, as
+	// kube-proxy runs one health server per family (an IPv4 load balancer
+	// must not send traffic to a node whose only local endpoints are IPv6).
+	PerFamily map[proxier.IPFamily]int
 }
 
 // BindError reports a health-check port that could not be opened for a
@@ -61,8 +66,9 @@ type Servers struct {
 
 // portServer is the HTTP server of one port and the service it reports.
 type portServer struct {
-	service   string // guarded by Servers.mu
-	count     int    // guarded by Servers.mu
+	service   string                   // guarded by Servers.mu
+	count     int                      // guarded by Servers.mu
+	perFamily map[proxier.IPFamily]int // guarded by Servers.mu
 	srv       *http.Server
 	listeners []net.Listener
 }
@@ -118,8 +124,9 @@ func (s *Servers) Sync(services map[string]Service) error {
 
 	var errs []error
 	type claim struct {
-		service string
-		count   int
+		service   string
+		count     int
+		perFamily map[proxier.IPFamily]int
 	}
 	want := map[uint16]claim{}
 	for _, name := range names {
@@ -133,7 +140,7 @@ func (s *Servers) Sync(services map[string]Service) error {
 				Err: fmt.Errorf("port already used by the health check of service %s", c.service)})
 			continue
 		}
-		want[svc.Port] = claim{service: name, count: svc.LocalEndpoints}
+		want[svc.Port] = claim{service: name, count: svc.LocalEndpoints, perFamily: svc.PerFamily}
 	}
 
 	for port, ps := range s.ports {
@@ -160,7 +167,7 @@ func (s *Servers) Sync(services map[string]Service) error {
 			}
 			s.ports[port] = ps
 		}
-		ps.service, ps.count = c.service, c.count
+		ps.service, ps.count, ps.perFamily = c.service, c.count, c.perFamily
 	}
 	return errors.Join(errs...)
 }
@@ -250,13 +257,16 @@ type response struct {
 // that currently owns the port: 200 when it has local endpoints and the
 // proxy is healthy, else 503.
 func (s *Servers) handler(port uint16) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.RLock()
 		ps := s.ports[port]
 		var name string
 		var count int
 		if ps != nil {
 			name, count = ps.service, ps.count
+			if ps.perFamily != nil {
+				count = ps.perFamily[requestFamily(r)]
+			}
 		}
 		s.mu.RUnlock()
 		if ps == nil {
@@ -287,6 +297,17 @@ func (s *Servers) handler(port uint16) http.Handler {
 	})
 }
 
+// requestFamily is the IP family a request arrived over (its local
+// address; an IPv4 connection on a dual-stack listener is IPv4-mapped).
+func requestFamily(r *http.Request) proxier.IPFamily {
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			return proxier.FamilyOf(ap.Addr())
+		}
+	}
+	return proxier.IPv4
+}
+
 // splitName splits "namespace/name"; a name without a slash has no
 // namespace.
 func splitName(s string) (namespace, name string) {
@@ -298,10 +319,10 @@ func splitName(s string) (namespace, name string) {
 
 // HealthCheckServices derives the argument of Servers.Sync from the
 // snapshots of one sync (one per IP family): every service with a
-// health-check node port, with its number of ready local endpoints. Like
-// kube-proxy, endpoints are counted by IP across all ports of the service
-// (10.0.0.1:80 and 10.0.0.1:443 are one endpoint); across families the
-// larger count is taken, so a dual-stack pod counts once.
+// health-check node port, with its number of ready local endpoints per
+// family (PerFamily; LocalEndpoints is the largest). Like kube-proxy,
+// endpoints are counted by IP across all ports of the service
+// (10.0.0.1:80 and 10.0.0.1:443 are one endpoint).
 func HealthCheckServices(snaps []*proxier.Snapshot) map[string]Service {
 	out := map[string]Service{}
 	for _, snap := range snaps {
@@ -329,6 +350,10 @@ func HealthCheckServices(snaps []*proxier.Snapshot) map[string]Service {
 		for name, set := range ips {
 			svc := out[name]
 			svc.LocalEndpoints = max(svc.LocalEndpoints, len(set))
+			if svc.PerFamily == nil {
+				svc.PerFamily = map[proxier.IPFamily]int{}
+			}
+			svc.PerFamily[snap.Family] = len(set)
 			out[name] = svc
 		}
 	}

@@ -333,10 +333,39 @@ func TestHealthCheckServices(t *testing.T) {
 	}}
 	got := HealthCheckServices([]*proxier.Snapshot{v4, v6, nil})
 	want := map[string]Service{
-		"ns/web":   {Port: 30500, LocalEndpoints: 2},
-		"ns/empty": {Port: 30501, LocalEndpoints: 0},
+		"ns/web":   {Port: 30500, LocalEndpoints: 2, PerFamily: map[proxier.IPFamily]int{proxier.IPv4: 2, proxier.IPv6: 1}},
+		"ns/empty": {Port: 30501, LocalEndpoints: 0, PerFamily: map[proxier.IPFamily]int{proxier.IPv4: 0}},
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("HealthCheckServices = %v, want %v", got, want)
 	}
+}
+
+// Like kube-proxy's per-family health servers, a request is answered with
+// the local endpoints of the family it arrived over: a service whose only
+// local endpoint is IPv6 is healthy over IPv6 and unhealthy over IPv4 (an
+// IPv4 load balancer must not pick this node).
+func TestHealthCheckPerFamily(t *testing.T) {
+	if l, err := net.Listen("tcp", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	} else {
+		l.Close()
+	}
+	s := NewServers(nil, nil) // one wildcard listener for both families
+	t.Cleanup(s.Close)
+	p := freePort(t)
+	if err := s.Sync(map[string]Service{"ns/v6only": {Port: p, LocalEndpoints: 1,
+		PerFamily: map[proxier.IPFamily]int{proxier.IPv4: 0, proxier.IPv6: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	r4, err := get(t, "127.0.0.1", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReply(t, r4, http.StatusServiceUnavailable, "ns", "v6only", 0, true)
+	r6, err := get(t, "::1", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReply(t, r6, http.StatusOK, "ns", "v6only", 1, true)
 }
