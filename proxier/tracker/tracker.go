@@ -206,15 +206,25 @@ func (t *Tracker) OnNode(node *corev1.Node, deleted bool) {
 	t.changed(nil)
 }
 
-// NodeAddressesChanged asks for the node information to be resolved again
-// at the next plan (the node's interface addresses changed, so the
-// addresses --nodeport-addresses selects may have). Nothing is re-planned
-// when the result is the same.
+// NodeAddressesChanged resolves the node information again (the node's
+// interface addresses changed, so the addresses --nodeport-addresses
+// selects may have) and asks for a sync only when the result differs:
+// addresses that change nothing planned (the IPVS mode's service VIPs,
+// for one) cost no sync.
 func (t *Tracker) NodeAddressesChanged() {
 	t.mu.Lock()
-	t.nodeDirty = true
+	changed := t.planned
+	if changed && !t.nodeDirty {
+		info, fams := t.resolveNode()
+		changed = !reflect.DeepEqual(info, t.cfg.Node) || !reflect.DeepEqual(fams, t.cfg.Families)
+	}
+	if changed {
+		t.nodeDirty = true
+	}
 	t.mu.Unlock()
-	t.changed(nil)
+	if changed {
+		t.changed(nil)
+	}
 }
 
 // OnPod implements proxier.Sink.
@@ -248,6 +258,26 @@ func (t *Tracker) Node() *corev1.Node {
 	return t.node
 }
 
+// resolveNode computes the node information and planned families from
+// the current Node object (t.mu held).
+func (t *Tracker) resolveNode() (planner.NodeInfo, []proxier.IPFamily) {
+	info := planner.NodeInfo{}
+	if t.opts.ResolveNode != nil {
+		info = t.opts.ResolveNode(t.node)
+	}
+	if info.Name == "" {
+		info.Name = t.opts.Config.Node.Name
+	}
+	if info.Zone == "" && t.node != nil {
+		info.Zone = t.node.Labels[planner.LabelZone]
+	}
+	fams := t.opts.Config.Families
+	if len(fams) == 0 {
+		fams = familiesFor(info.IPs, t.opts.SupportedFamilies)
+	}
+	return info, fams
+}
+
 // Plan re-plans the services that changed since the last call and returns
 // the snapshots. full marks every snapshot FullSync (the runner asks for it
 // on the first sync, after a failure and periodically); a node change also
@@ -259,20 +289,7 @@ func (t *Tracker) Plan(full bool) Result {
 	nodeChanged := false
 	if t.nodeDirty {
 		t.nodeDirty = false
-		info := planner.NodeInfo{}
-		if t.opts.ResolveNode != nil {
-			info = t.opts.ResolveNode(t.node)
-		}
-		if info.Name == "" {
-			info.Name = t.opts.Config.Node.Name
-		}
-		if info.Zone == "" && t.node != nil {
-			info.Zone = t.node.Labels[planner.LabelZone]
-		}
-		fams := t.opts.Config.Families
-		if len(fams) == 0 {
-			fams = familiesFor(info.IPs, t.opts.SupportedFamilies)
-		}
+		info, fams := t.resolveNode()
 		if !reflect.DeepEqual(info, t.cfg.Node) || !reflect.DeepEqual(fams, t.cfg.Families) || !t.planned {
 			t.cfg.Node = info
 			t.cfg.Families = fams

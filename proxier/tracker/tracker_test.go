@@ -220,3 +220,33 @@ func TestFamiliesFromKernelSupport(t *testing.T) {
 		t.Fatalf("want the IPv6 cluster IP planned on an IPv4-addressed node: %+v", res.Snapshots)
 	}
 }
+
+// An address event that changes nothing planned (the IPVS mode's VIPs,
+// an unrelated interface) costs no sync; one that changes the node's
+// resolved information does.
+func TestNodeAddressesChangedOnlyWhenResolutionDiffers(t *testing.T) {
+	var changes atomic.Int32
+	ip := "10.0.0.10"
+	tr := New(Options{
+		ResolveNode: func(*corev1.Node) planner.NodeInfo {
+			return planner.NodeInfo{Name: "node-0", IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+		},
+		Hooks: Hooks{OnChange: func() { changes.Add(1) }},
+	})
+	tr.OnService(service(1), false)
+	tr.OnSynced()
+	tr.Plan(false)
+	before := changes.Load()
+	tr.NodeAddressesChanged()
+	if changes.Load() != before {
+		t.Errorf("an address event that changes nothing asked for a sync")
+	}
+	ip = "10.0.0.11"
+	tr.NodeAddressesChanged()
+	if changes.Load() != before+1 {
+		t.Errorf("an address event that changes the node did not ask for a sync")
+	}
+	if res := tr.Plan(false); !res.Snapshots[0].FullSync || res.Snapshots[0].NodeIPs[0].String() != "10.0.0.11" {
+		t.Errorf("the next plan must be full with the new address: %+v", res.Snapshots[0])
+	}
+}

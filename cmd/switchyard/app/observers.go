@@ -39,17 +39,25 @@ var serverRetryInterval = 5 * time.Second
 // serve is false (--once), serves them over HTTP (an empty address
 // disables one) until ctx ends. A port that cannot be bound is logged and
 // retried; with --bind-address-hard-fail it is reported on obs.failed
-// instead.
-func newObservers(ctx context.Context, o *Options, log *slog.Logger, serve bool) *observers {
+// instead. Metrics and health report the families the node proxies (both
+// when fams is empty).
+func newObservers(ctx context.Context, o *Options, log *slog.Logger, serve bool, fams []proxier.IPFamily) *observers {
+	if len(fams) == 0 {
+		fams = []proxier.IPFamily{proxier.IPv4, proxier.IPv6}
+	}
+	famNames := make([]string, 0, len(fams))
+	for _, f := range fams {
+		famNames = append(famNames, f.String())
+	}
 	obs := &observers{
-		metrics: metrics.New(o.ProxyMode, proxier.IPv4, proxier.IPv6),
+		metrics: metrics.New(o.ProxyMode, fams...),
 		log:     log,
 		failed:  make(chan error, 2),
 	}
 	// Like kube-proxy: unhealthy when a queued update waits longer than
 	// twice the sync period.
 	obs.health = healthz.New(2*o.SyncPeriod, healthz.WithProbeRecorder(obs.metrics),
-		healthz.WithFamilies(proxier.IPv4.String(), proxier.IPv6.String()))
+		healthz.WithFamilies(famNames...))
 	obs.metrics.SetBuildInfo(Version)
 	// /configz: the effective configuration, as kube-proxy's.
 	obs.metrics.SetConfigz("kubeproxy.config.k8s.io", o.kubeProxyConfiguration())

@@ -48,7 +48,10 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	obs := newObservers(ctx, o, log, !o.Once)
+	// As upstream: every family the kernel can proxy (dual-stack when it
+	// has both); metrics and health report exactly those.
+	fams := kernelFamilies(ctx, log)
+	obs := newObservers(ctx, o, log, !o.Once, fams)
 	var configChanged <-chan error
 	if o.ConfigFile != "" && !o.Once {
 		configChanged = watchConfigFile(ctx, o.ConfigFile, o.configData, log)
@@ -61,9 +64,8 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	tr := tracker.New(tracker.Options{
 		Config:      plannerConfig(o, s),
 		ResolveNode: nodeResolver(s, localAddresses(log), log),
-		// As upstream: every family the kernel can proxy (dual-stack when
-		// it has both), the node's first address picking the primary.
-		SupportedFamilies: kernelFamilies(ctx, log),
+		// The node's first address picks the primary family.
+		SupportedFamilies: fams,
 		Log:               log,
 		Hooks: tracker.Hooks{
 			OnChange:              func() { r.Trigger() },
