@@ -185,29 +185,15 @@ func netMember(p netip.Prefix) string {
 	return p.String()
 }
 
-// nodePortAddrs returns the node addresses node ports answer on: with
-// NodePortAddresses.All, every local address of the family (the snapshot's
-// NodeIPs when those are unknown), else the selected ones.
+// nodePortAddrs returns the node addresses node ports answer on, as the
+// planner decided them (with NodePortAddresses.All, its list of the node's
+// local addresses; the NodeIPs when it has none).
 func (r *familyRenderer) nodePortAddrs() []netip.Addr {
-	if !r.snap.NodePortAddresses.All {
-		return r.snap.NodePortAddresses.Addrs
-	}
-	var out []netip.Addr
-	for _, a := range r.opts.LocalAddrs {
-		if (r.snap.Family == proxier.IPv6) == (a.Is6() && !a.Is4In6()) {
-			out = append(out, a.Unmap())
-		}
-	}
-	if len(out) == 0 {
+	npa := r.snap.NodePortAddresses
+	if npa.All && len(npa.Addrs) == 0 {
 		return r.snap.NodeIPs
 	}
-	for _, a := range r.snap.NodeIPs {
-		if !slices.Contains(out, a) {
-			out = append(out, a)
-		}
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return out
+	return npa.Addrs
 }
 
 // fwmark returns a stable firewall mark for name: FWMarkBit plus a number

@@ -321,7 +321,10 @@ type NodePortAddresses struct {
 	// All is true when node ports answer on every local address (the
 	// default when --nodeport-addresses is empty).
 	All bool
-	// Addrs are the selected node addresses of this family when All is false.
+	// Addrs are the selected node addresses of this family; with All, the
+	// node's current local addresses of the family (for modes that must
+	// bind each address, IPVS), which the planner keeps current as
+	// interface addresses come and go.
 	Addrs []netip.Addr
 }
 

@@ -6,6 +6,7 @@
 package planner
 
 import (
+	"slices"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -44,6 +45,10 @@ type NodeInfo struct {
 	NodePortAddresses map[proxier.IPFamily]proxier.NodePortAddresses
 	// PodCIDRs are the Node's spec.podCIDRs (detect-local-mode NodeCIDR).
 	PodCIDRs []netip.Prefix
+	// LocalAddrs are this node's current interface addresses that node
+	// ports can answer on (loopback, link-local and the IPVS mode's
+	// service VIPs excluded), all families, sorted.
+	LocalAddrs []netip.Addr
 }
 
 // Config is the node-wide configuration that shapes a plan.
@@ -232,7 +237,12 @@ func Assemble(plans []*ServicePlan, cfg *Config) ([]*proxier.Snapshot, []Problem
 		}
 		snap.Masquerade.ClusterCIDRs, snap.Masquerade.PodInterface = cfg.podTraffic(fam)
 		if cfg.Node.NodePortAddresses == nil {
+			// Every local address: the node's current ones are listed for
+			// modes that bind each address (IPVS); the node IPs at least.
 			snap.NodePortAddresses.All = true
+			addrs := append(filterAddrs(cfg.Node.LocalAddrs, fam), snap.NodeIPs...)
+			slices.SortFunc(addrs, netip.Addr.Compare)
+			snap.NodePortAddresses.Addrs = slices.Compact(addrs)
 		}
 		snap.LocalhostNodePorts = cfg.LocalhostNodePorts && fam == proxier.IPv4 && includesLoopback(snap.NodePortAddresses)
 		if len(cfg.Families) == 1 {

@@ -543,3 +543,20 @@ func TestUnservedFamilyReported(t *testing.T) {
 		t.Errorf("problems %v", problems)
 	}
 }
+
+// With node ports on every address, the planner lists the node's current
+// local addresses of each family (plus its node IPs) for the modes that
+// bind each address (IPVS): backends do not look for addresses themselves.
+func TestNodePortAddressesListLocalAddresses(t *testing.T) {
+	cfg := testConfig()
+	cfg.Families = []proxier.IPFamily{proxier.IPv4, proxier.IPv6}
+	cfg.Node.LocalAddrs = []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("fd00::1")}
+	snaps, _ := Plan(Objects{}, cfg)
+	v4, v6 := snaps[0].NodePortAddresses, snaps[1].NodePortAddresses
+	if !v4.All || fmt.Sprint(v4.Addrs) != "[10.0.0.10 192.0.2.1]" {
+		t.Errorf("IPv4 node-port addresses %+v (node IPs %v)", v4, snaps[0].NodeIPs)
+	}
+	if !v6.All || fmt.Sprint(v6.Addrs) != "[fd00::1]" {
+		t.Errorf("IPv6 node-port addresses %+v", v6)
+	}
+}

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"slices"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,7 @@ func nodeResolver(s *settings, localAddrs func(nodeIPs []netip.Addr) []netip.Add
 		}
 		info.IPs = nodeport.NodeIPs(node, s.nodeIPs)
 		local := localAddrs(info.IPs)
+		info.LocalAddrs = usableLocal(local)
 		if !s.nodePortSel.IsEmpty() {
 			info.NodePortAddresses = map[proxier.IPFamily]proxier.NodePortAddresses{}
 			for _, fam := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
@@ -78,6 +80,20 @@ func nodeResolver(s *settings, localAddrs func(nodeIPs []netip.Addr) []netip.Add
 		}
 		return info
 	}
+}
+
+// usableLocal keeps the addresses node ports can answer on: no loopback,
+// link-local, unspecified or multicast address; sorted, unique.
+func usableLocal(addrs []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		a = a.Unmap().WithZone("")
+		if a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsUnspecified() && !a.IsMulticast() {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 // loadPlan reads the manifest folder and plans it, for plan and rules.

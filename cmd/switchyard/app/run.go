@@ -16,6 +16,7 @@ import (
 
 	"github.com/switchyard-proxy/switchyard/conntrack"
 	"github.com/switchyard-proxy/switchyard/internal/nodetune"
+	"github.com/switchyard-proxy/switchyard/ipvs"
 	"github.com/switchyard-proxy/switchyard/nodeport"
 	"github.com/switchyard-proxy/switchyard/proxier"
 	"github.com/switchyard-proxy/switchyard/proxier/runner"
@@ -209,7 +210,8 @@ func restConfig(o *Options) (*rest.Config, error) {
 // matched against: this network namespace's interface addresses.
 func localAddresses(log *slog.Logger) func([]netip.Addr) []netip.Addr {
 	return func(nodeIPs []netip.Addr) []netip.Addr {
-		addrs, err := nodeport.LocalAddresses()
+		// swy-ipvs0 holds the IPVS mode's service VIPs, never node addresses.
+		addrs, err := nodeport.LocalAddresses(ipvs.DummyInterface)
 		if err != nil {
 			log.Warn("cannot list local addresses; matching node IPs only", "err", err)
 			return nodeIPs
