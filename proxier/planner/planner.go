@@ -6,9 +6,9 @@
 package planner
 
 import (
-	"slices"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	corev1 "k8s.io/api/core/v1"

@@ -1,12 +1,12 @@
 package app
 
 import (
-	"slices"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
