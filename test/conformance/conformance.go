@@ -146,7 +146,11 @@ func PlannerConfig(s scenarios.Scenario) planner.Config {
 		}
 	}
 	return planner.Config{
-		Node:          planner.NodeInfo{Name: s.Node, Zone: zone, IPs: []netip.Addr{scenarios.Topology.NodeIP}},
+		// The lab's node has every address of the topology (the outside
+		// gateway too); the running switchyard finds them on its
+		// interfaces, the planner lists them for the IPVS mode.
+		Node: planner.NodeInfo{Name: s.Node, Zone: zone, IPs: []netip.Addr{scenarios.Topology.NodeIP},
+			LocalAddrs: scenarios.Topology.NodeAddrs},
 		Families:      []proxier.IPFamily{proxier.IPv4},
 		ClusterCIDRs:  s.Config.ClusterCIDRs,
 		MasqueradeAll: s.Config.MasqueradeAll,

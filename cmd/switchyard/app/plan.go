@@ -113,7 +113,14 @@ func loadPlan(o *Options, s *settings, stderr io.Writer, log *slog.Logger) ([]*p
 		node = objs.Nodes[0]
 	}
 	cfg := plannerConfig(o, s)
-	cfg.Node = nodeResolver(s, func(ips []netip.Addr) []netip.Addr { return ips }, log)(node)
+	// The plan does not depend on the machine it is printed on, except in
+	// IPVS mode, whose node ports are bound on each local address: `rules
+	// --proxy-mode=ipvs` shows what this node would program.
+	local := func(ips []netip.Addr) []netip.Addr { return ips }
+	if o.ProxyMode == ModeIPVS {
+		local = localAddresses(log)
+	}
+	cfg.Node = nodeResolver(s, local, log)(node)
 	if len(s.nodeIPs) == 0 && node == nil {
 		fmt.Fprintf(stderr, "warning: no Node %q in %s and no --node-ip: node ports answer on all addresses\n", s.nodeName, o.Manifests)
 	}
