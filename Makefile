@@ -6,7 +6,7 @@ GO        ?= go
 BIN       := bin
 PKGS      := ./...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-APT_PKGS  := iptables nftables ipset ipvsadm conntrack iproute2
+APT_PKGS  := iptables nftables ipset ipvsadm conntrack iproute2 procps
 # Test timeout per package run; make test as a whole stays under 25 minutes.
 TEST_TIMEOUT ?= 15m
 
