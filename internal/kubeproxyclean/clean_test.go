@@ -105,7 +105,7 @@ type fakeIPVS struct {
 }
 
 func (f *fakeIPVS) VirtualServers() ([]VirtualServer, error) { return f.servers, nil }
-func (f *fakeIPVS) Delete(v VirtualServer) error           { f.deleted = append(f.deleted, v); return nil }
+func (f *fakeIPVS) Delete(v VirtualServer) error             { f.deleted = append(f.deleted, v); return nil }
 
 type fakeLinks struct {
 	addrs   map[string][]netip.Addr

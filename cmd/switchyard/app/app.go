@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/switchyard-proxy/switchyard/conntrack"
+	"github.com/switchyard-proxy/switchyard/internal/kubeproxyclean"
 	"github.com/switchyard-proxy/switchyard/iptables"
 	"github.com/switchyard-proxy/switchyard/ipvs"
 	"github.com/switchyard-proxy/switchyard/proxier"
@@ -257,6 +258,23 @@ func cleanupOtherModes(ctx context.Context, o *Options, active proxier.Backend, 
 		log.Info("removed what another switchyard mode left (if anything)", "mode", mode)
 	}
 }
+
+// cleanupKubeProxy removes upstream kube-proxy's leftovers
+// (--cleanup-kube-proxy); it runs after switchyard's own first successful
+// sync, so the node always has service rules. Failures are logged, not
+// fatal: what could not be removed stays (a later start with the flag
+// tries again). In IPVS mode only the virtual servers on kube-ipvs0's
+// addresses are removed: the node-port ones have the same keys as
+// switchyard's and its own sync reconciles them.
+func cleanupKubeProxy(ctx context.Context, o *Options, log *slog.Logger) {
+	cfg := kubeproxyclean.Config{Log: log, KeepVirtualServers: o.ProxyMode == ModeIPVS}
+	if _, err := kubeProxyCleaner(ctx, cfg); err != nil {
+		log.Warn("removing kube-proxy's leftovers failed in part; what failed stays", "err", err)
+	}
+}
+
+// kubeProxyCleaner is kubeproxyclean.Clean; tests replace it.
+var kubeProxyCleaner = kubeproxyclean.Clean
 
 // cleanupAll removes what every mode may have left: like kube-proxy's
 // --cleanup, it does not depend on the mode the node ran before.

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/switchyard-proxy/switchyard/internal/kubeproxyclean"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -121,4 +122,45 @@ func buildBinary(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// TestCleanupKubeProxyAfterFirstSync: --cleanup-kube-proxy removes
+// kube-proxy's state only after switchyard's own sync succeeded, once.
+func TestCleanupKubeProxyAfterFirstSync(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "objects.yaml", demoObjects)
+	args := []string{"--manifests", dir, "--hostname-override", "node-a", "--once", "--cleanup-kube-proxy",
+		"--proxy-mode", "ipvs", "--healthz-bind-address", "", "--metrics-bind-address", ""}
+	var calls []kubeproxyclean.Config
+	var syncsAtCall int
+	b := &fakeBackend{}
+	old := kubeProxyCleaner
+	kubeProxyCleaner = func(_ context.Context, cfg kubeproxyclean.Config) (kubeproxyclean.Report, error) {
+		calls = append(calls, cfg)
+		b.mu.Lock()
+		syncsAtCall = len(b.syncs)
+		b.mu.Unlock()
+		return kubeproxyclean.Report{}, errors.New("partly failed")
+	}
+	t.Cleanup(func() { kubeProxyCleaner = old })
+
+	b.fail = errors.New("apply failed")
+	useBackend(t, b)
+	if code, _, _ := runMain(t, args...); code != 1 || len(calls) != 0 {
+		t.Fatalf("failed sync: exit %d, cleaner called %d times; want 1 and 0", code, len(calls))
+	}
+	b.fail = nil
+	code, _, stderr := runMain(t, args...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if len(calls) != 1 || syncsAtCall == 0 || !calls[0].KeepVirtualServers {
+		t.Fatalf("cleaner calls %d (after %d syncs), cfg %+v; want one after the sync, keeping node-port virtual servers in ipvs mode", len(calls), syncsAtCall, calls)
+	}
+	if !strings.Contains(stderr, "kube-proxy's leftovers failed in part") {
+		t.Errorf("the cleaner's failure is not logged:\n%s", stderr)
+	}
+	if code, _, _ := runMain(t, "--cleanup", "--cleanup-kube-proxy"); code != 2 {
+		t.Errorf("--cleanup --cleanup-kube-proxy exited %d, want 2", code)
+	}
 }

@@ -65,6 +65,10 @@ type Options struct {
 	WriteConfigTo string
 	// InitOnly applies the node settings that need privileges, then exits.
 	InitOnly bool
+	// CleanupKubeProxy removes upstream kube-proxy's rules, tables, ipsets,
+	// virtual servers and kube-ipvs0 after switchyard's first successful
+	// sync (taking a node over from kube-proxy).
+	CleanupKubeProxy bool
 	// FeatureGates is kube-proxy's --feature-gates (no effect here).
 	FeatureGates map[string]bool
 	// KubeAPIQPS, KubeAPIBurst and KubeAPIContentType shape the API client.
@@ -275,6 +279,7 @@ func (o *Options) addFlags(fs *pflag.FlagSet, daemon bool) {
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "ip:port (or ip, port 10249) of the /metrics server; empty disables")
 	fs.BoolVar(&o.Cleanup, "cleanup", o.Cleanup, "remove every rule, chain, set, interface and virtual server switchyard created, then exit")
 	fs.BoolVar(&o.Once, "once", o.Once, "sync once and exit: 0 on success, 1 if the apply failed")
+	fs.BoolVar(&o.CleanupKubeProxy, "cleanup-kube-proxy", o.CleanupKubeProxy, "after the first successful sync, remove what kube-proxy left (KUBE- chains but kubelet's, nft table kube-proxy, KUBE- ipsets, its IPVS virtual servers and kube-ipvs0); with --once, a one-shot takeover")
 }
 
 // supportedConfigFields are the KubeProxyConfiguration fields switchyard
@@ -740,6 +745,9 @@ func (o *Options) validate() (*settings, error) {
 	}
 	if o.Once && o.Cleanup {
 		return nil, errors.New("--once and --cleanup cannot be combined")
+	}
+	if o.Cleanup && o.CleanupKubeProxy {
+		return nil, errors.New("--cleanup and --cleanup-kube-proxy cannot be combined (--cleanup removes switchyard's own rules)")
 	}
 	return s, nil
 }

@@ -96,7 +96,12 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 		// Once this mode's rules are in place, remove what another
 		// switchyard mode left on the node (a mode switch): doing it after
 		// the first successful sync never leaves the node without rules.
-		cleanOthers.Do(func() { cleanupOtherModes(ctx, o, backend, log) })
+		cleanOthers.Do(func() {
+			cleanupOtherModes(ctx, o, backend, log)
+			if o.CleanupKubeProxy {
+				cleanupKubeProxy(ctx, o, log)
+			}
+		})
 		return res, nil
 	}
 	minSync := o.MinSyncPeriod
