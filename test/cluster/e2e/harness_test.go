@@ -207,8 +207,9 @@ type switchyard struct {
 	proc *lab.Process
 }
 
-// startSwitchyard runs switchyard against the API server with kubeconfig.
-func (e *env) startSwitchyard(kubeconfig string) *switchyard {
+// startSwitchyard runs switchyard against the API server with kubeconfig
+// (and extra flags).
+func (e *env) startSwitchyard(kubeconfig string, extra ...string) *switchyard {
 	e.t.Helper()
 	args := []string{switchyardBinary(e.t),
 		"--kubeconfig", kubeconfig, "--hostname-override", nodeName,
@@ -217,6 +218,7 @@ func (e *env) startSwitchyard(kubeconfig string) *switchyard {
 		"--metrics-bind-address", metricsAt, "--healthz-bind-address", healthzAt,
 		"--min-sync-period", "250ms", "--log-level", "debug",
 	}
+	args = append(args, extra...)
 	s := &switchyard{proc: e.lab.Start(e.lab.Node, args...)}
 	e.t.Cleanup(func() {
 		if e.t.Failed() {
