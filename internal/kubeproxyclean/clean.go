@@ -62,9 +62,27 @@ func IsKubeProxyChain(name string) bool {
 	return false
 }
 
-// IsKubeProxySet reports whether an ipset is kube-proxy's (its IPVS mode:
-// KUBE-..., IPv6 KUBE-6-...). Switchyard's are SWY-.
-func IsKubeProxySet(name string) bool { return strings.HasPrefix(name, "KUBE-") }
+// kubeProxySets are the ipsets of kube-proxy's IPVS mode (upstream's
+// ipset.go; the IPv6 ones are named KUBE-6-...). An exact list, not a
+// prefix: other agents name sets KUBE-... too (kube-router's network
+// policy sets are KUBE-SRC-..., KUBE-DST-...).
+var kubeProxySets = map[string]bool{
+	"KUBE-LOOP-BACK": true, "KUBE-CLUSTER-IP": true, "KUBE-EXTERNAL-IP": true, "KUBE-EXTERNAL-IP-LOCAL": true,
+	"KUBE-LOAD-BALANCER": true, "KUBE-LOAD-BALANCER-LOCAL": true, "KUBE-LOAD-BALANCER-FW": true,
+	"KUBE-LOAD-BALANCER-SOURCE-IP": true, "KUBE-LOAD-BALANCER-SOURCE-CIDR": true,
+	"KUBE-NODE-PORT-TCP": true, "KUBE-NODE-PORT-LOCAL-TCP": true, "KUBE-NODE-PORT-UDP": true,
+	"KUBE-NODE-PORT-LOCAL-UDP": true, "KUBE-NODE-PORT-SCTP-HASH": true, "KUBE-NODE-PORT-LOCAL-SCTP-HASH": true,
+	"KUBE-HEALTH-CHECK-NODE-PORT": true, "KUBE-IPVS-IPS": true,
+}
+
+// IsKubeProxySet reports whether an ipset is kube-proxy's (IPVS mode).
+// Switchyard's are SWY-.
+func IsKubeProxySet(name string) bool {
+	if rest, ok := strings.CutPrefix(name, "KUBE-6-"); ok {
+		name = "KUBE-" + rest
+	}
+	return kubeProxySets[name]
+}
 
 // VirtualServer is one IPVS virtual server as the cleaner sees it.
 type VirtualServer struct {
@@ -313,8 +331,10 @@ func cleanIPVS(cfg Config, rep *Report) error {
 	return errors.Join(errs...)
 }
 
-// cleanIPSets destroys the KUBE- ipsets (after the iptables rules that
-// matched on them are gone). No ipset tool means nothing to clean.
+// cleanIPSets destroys kube-proxy's ipsets (after the iptables rules that
+// matched on them are gone), one at a time, so a set still in use (named
+// by someone else's rule) fails alone. No ipset tool means nothing to
+// clean.
 func cleanIPSets(ctx context.Context, cfg Config, rep *Report) error {
 	out, _, err := cfg.Executor.Run(ctx, nil, "ipset", "list", "-n")
 	if err != nil {
@@ -326,22 +346,16 @@ func cleanIPSets(ctx context.Context, cfg Config, rep *Report) error {
 			sets = append(sets, name)
 		}
 	}
-	if len(sets) == 0 {
-		return nil
+	var errs []error
+	for _, set := range sets {
+		if _, stderr, err := cfg.Executor.Run(ctx, nil, "ipset", "destroy", set); err != nil {
+			errs = append(errs, fmt.Errorf("ipset destroy %s: %s: %w", set, iptexec.Trim(stderr), err))
+			continue
+		}
+		rep.IPSets++
 	}
-	// One restore: flush every set first (a list:set may name another),
-	// then destroy them.
-	var in strings.Builder
-	for _, s := range sets {
-		in.WriteString("flush " + s + "\n")
+	if rep.IPSets > 0 {
+		cfg.Log.Info("removed kube-proxy's ipsets", "count", rep.IPSets)
 	}
-	for _, s := range sets {
-		in.WriteString("destroy " + s + "\n")
-	}
-	if _, stderr, err := cfg.Executor.Run(ctx, []byte(in.String()), "ipset", "restore"); err != nil {
-		return fmt.Errorf("destroying kube-proxy's ipsets %v: %s: %w", sets, iptexec.Trim(stderr), err)
-	}
-	rep.IPSets = len(sets)
-	cfg.Log.Info("removed kube-proxy's ipsets", "count", len(sets))
-	return nil
+	return errors.Join(errs...)
 }

@@ -94,7 +94,7 @@ func (f *fakeExec) Run(_ context.Context, stdin []byte, name string, args ...str
 	case "nft list tables":
 		return []byte("table ip filter\ntable ip kube-proxy\ntable ip6 kube-proxy\ntable inet switchyard\ntable ip6 nat\n"), nil, nil
 	case "ipset list -n":
-		return []byte("KUBE-CLUSTER-IP\nSWY-CLUSTER-IP\nKUBE-6-LOOP-BACK\n"), nil, nil
+		return []byte("KUBE-CLUSTER-IP\nSWY-CLUSTER-IP\nKUBE-6-LOOP-BACK\nKUBE-SRC-ABCD\n"), nil, nil
 	}
 	return nil, nil, nil
 }
@@ -138,12 +138,12 @@ func TestClean(t *testing.T) {
 	}
 	all := strings.Join(ex.ran, "\n")
 	for _, s := range []string{"-X KUBE-SVC-XYZ", "-D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-		"nft delete table ip kube-proxy", "nft delete table ip6 kube-proxy", "destroy KUBE-CLUSTER-IP", "destroy KUBE-6-LOOP-BACK"} {
+		"nft delete table ip kube-proxy", "nft delete table ip6 kube-proxy", "ipset destroy KUBE-CLUSTER-IP", "ipset destroy KUBE-6-LOOP-BACK"} {
 		if !strings.Contains(all, s) {
 			t.Errorf("no %q in the commands:\n%s", s, all)
 		}
 	}
-	for _, s := range []string{"SWY-", "KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "inet switchyard", "ip6 nat"} {
+	for _, s := range []string{"SWY-", "KUBE-SRC-ABCD", "KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "inet switchyard", "ip6 nat"} {
 		if strings.Contains(all, s) {
 			t.Errorf("%q touched:\n%s", s, all)
 		}
@@ -230,6 +230,7 @@ func TestKernel(t *testing.T) {
 	}
 	run("", "ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
 	run("", "ipset", "create", "SWY-KEEP", "hash:ip")
+	run("", "ipset", "create", "KUBE-SRC-KUBEROUTER", "hash:ip") // kube-router's: kept
 	for _, fam := range []string{"iptables-nft-restore", "ip6tables-nft-restore"} {
 		nat := kubeProxySave
 		if strings.HasPrefix(fam, "ip6") {
@@ -286,7 +287,7 @@ COMMIT
 	if nft := run("", "nft", "list", "tables"); strings.Contains(nft, "kube-proxy") || !strings.Contains(nft, "inet keep") {
 		t.Errorf("nft tables after clean:\n%s", nft)
 	}
-	if sets := run("", "ipset", "list", "-n"); strings.Contains(sets, "KUBE-") || !strings.Contains(sets, "SWY-KEEP") {
+	if sets := run("", "ipset", "list", "-n"); strings.Contains(sets, "KUBE-CLUSTER-IP") || !strings.Contains(sets, "SWY-KEEP") || !strings.Contains(sets, "KUBE-SRC-KUBEROUTER") {
 		t.Errorf("ipsets after clean:\n%s", sets)
 	}
 	// A second run finds nothing.
@@ -306,4 +307,15 @@ func randSuffix() string {
 		out = append(out, hex[c>>4], hex[c&15])
 	}
 	return string(out)
+}
+
+func TestIsKubeProxySet(t *testing.T) {
+	for name, want := range map[string]bool{
+		"KUBE-CLUSTER-IP": true, "KUBE-6-CLUSTER-IP": true, "KUBE-IPVS-IPS": true, "KUBE-NODE-PORT-LOCAL-SCTP-HASH": true,
+		"KUBE-SRC-ABC": false, "KUBE-DST-ABC": false, "SWY-CLUSTER-IP": false, "KUBE-6-SRC-X": false,
+	} {
+		if got := IsKubeProxySet(name); got != want {
+			t.Errorf("IsKubeProxySet(%q) = %v, want %v", name, got, want)
+		}
+	}
 }
