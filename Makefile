@@ -36,7 +36,9 @@ test: deps lint
 	$(MAKE) test-vm
 
 ## test-cluster: build the test control plane (kube-apiserver + etcd; a cold
-## build takes minutes and ~3 GB of RAM), then run its tests and the e2e suite.
+## build takes minutes and ~3 GB of RAM), then run its tests and the e2e suite
+## (which also builds upstream kube-proxy from the same go.mod for the
+## takeover test, into .cache/bin).
 test-cluster:
 	cd test/cluster && $(GO) vet ./... && \
 		$(GO) build -o ../../.cache/bin/swy-testcluster ./cmd/swy-testcluster && \
