@@ -188,16 +188,23 @@ func Clean(ctx context.Context, cfg Config) (Report, error) {
 
 // cleanIPTables removes kube-proxy's chains from nat, filter and mangle of
 // one flavour and family, with the rules of other chains jumping to them,
-// in one restore per table. A flavour whose save tool does not run (not
-// installed, no kernel support) has nothing to clean.
+// in one restore per table. One save without -t lists only the tables
+// that exist (asking for a table would create it in the legacy flavour).
+// A flavour whose save tool does not run (not installed, no kernel
+// support) has nothing to clean.
 func cleanIPTables(ctx context.Context, cfg Config, t iptexec.Tools, rep *Report) error {
+	out, _, err := cfg.Executor.Run(ctx, nil, t.Save)
+	if err != nil {
+		return nil
+	}
+	tables := splitTables(out)
 	var errs []error
 	for _, table := range []string{"nat", "filter", "mangle"} {
-		out, _, err := cfg.Executor.Run(ctx, nil, t.Save, "-t", table)
-		if err != nil {
-			continue // tool or table unavailable: nothing of ours to find there
+		save, ok := tables[table]
+		if !ok {
+			continue
 		}
-		doomed := Plan(out)
+		doomed := Plan(save)
 		text := iptexec.DeleteText(table, doomed, t.NFT)
 		if text == "" {
 			continue
@@ -212,6 +219,26 @@ func cleanIPTables(ctx context.Context, cfg Config, t iptexec.Tools, rep *Report
 			"chains", len(doomed.Own), "jumpRules", len(doomed.ForeignJumps))
 	}
 	return errors.Join(errs...)
+}
+
+// splitTables splits iptables-save output into its tables ("*nat" ...
+// "COMMIT"), each with its header line.
+func splitTables(out []byte) map[string][]byte {
+	tables := map[string][]byte{}
+	var name string
+	var cur []string
+	for _, line := range strings.Split(string(out), "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			name, cur = line[1:], []string{line}
+		case line == "COMMIT" && name != "":
+			tables[name] = []byte(strings.Join(append(cur, line), "\n") + "\n")
+			name, cur = "", nil
+		case name != "":
+			cur = append(cur, line)
+		}
+	}
+	return tables
 }
 
 // Plan reads iptables-save output of one table and returns kube-proxy's

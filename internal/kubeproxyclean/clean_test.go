@@ -72,7 +72,7 @@ func TestPlan(t *testing.T) {
 // fakeExec answers iptables-save with a canned table per tool and
 // records every other command.
 type fakeExec struct {
-	saves map[string]string // tool -t table -> output
+	saves map[string]string // save tool -> output
 	ran   []string
 	fail  map[string]bool // command name -> fails
 }
@@ -119,7 +119,7 @@ func (f *fakeLinks) Addresses(name string) ([]netip.Addr, bool, error) {
 func (f *fakeLinks) Delete(name string) error { f.deleted = append(f.deleted, name); return nil }
 
 func TestClean(t *testing.T) {
-	ex := &fakeExec{saves: map[string]string{"iptables-nft-save -t nat": kubeProxySave, "iptables-nft-save -t filter": "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\nCOMMIT\n"}}
+	ex := &fakeExec{saves: map[string]string{"iptables-nft-save": kubeProxySave + "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\nCOMMIT\n"}}
 	vip, nodeIP := netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.0.0.10")
 	iv := &fakeIPVS{servers: []VirtualServer{
 		{Addr: vip, Protocol: "TCP", Port: 53},
@@ -193,7 +193,7 @@ func TestCleanNoIPVSKernel(t *testing.T) {
 }
 
 func TestCleanRestoreFailureIsReported(t *testing.T) {
-	ex := &fakeExec{saves: map[string]string{"iptables-nft-save -t nat": kubeProxySave}, fail: map[string]bool{"iptables-nft-restore": true}}
+	ex := &fakeExec{saves: map[string]string{"iptables-nft-save": kubeProxySave}, fail: map[string]bool{"iptables-nft-restore": true}}
 	_, err := Clean(context.Background(), Config{Executor: ex, Links: &fakeLinks{}})
 	if err == nil || !strings.Contains(err.Error(), "iptables-nft nat") {
 		t.Fatalf("err = %v, want the failed restore named", err)
@@ -261,6 +261,10 @@ COMMIT
 		t.Fatalf("clean: %v", err)
 	}
 	t.Logf("report %+v", rep)
+	// Looking for leftovers creates no legacy table (only nat was made).
+	if names := run("", "cat", "/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"); strings.TrimSpace(names) != "nat" {
+		t.Errorf("legacy tables after clean: %q, want only nat", names)
+	}
 	var left []string
 	for _, save := range []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save"} {
 		for _, line := range strings.Split(run("", save), "\n") {
