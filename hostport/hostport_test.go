@@ -252,3 +252,21 @@ func TestDisabledRemovesLeftovers(t *testing.T) {
 		t.Error("off mode renders host ports")
 	}
 }
+
+func TestAutoLeavesHostPortsToPortmap(t *testing.T) {
+	for _, portmap := range []bool{false, true} {
+		r := newRig()
+		if portmap {
+			r.nat.table("iptables-nft")[PortmapChain] = nil
+		}
+		r.p.cfg.Auto = true
+		r.sync(t, snap(proxier.IPv4, hp("default/web", proxier.TCP, "", 8080, "10.244.0.5", 80)))
+		_, programmed := r.nat.table("iptables-nft")[DispatchChain]
+		if programmed == portmap {
+			t.Errorf("portmap chain present %v: switchyard programmed host ports %v", portmap, programmed)
+		}
+		if portmap && len(r.sock.open) != 0 {
+			t.Errorf("ports reserved beside portmap: %v", r.sock.open)
+		}
+	}
+}

@@ -33,6 +33,29 @@ type Config struct {
 	// Disabled programs nothing (--hostport-mode=off): the first sync only
 	// removes chains a previous run left.
 	Disabled bool
+	// Auto (--hostport-mode=auto) decides at the first sync: Disabled when
+	// the CNI portmap plugin's PortmapChain exists in the nat table (of
+	// either iptables flavour), else on. Render renders as on.
+	Auto bool
+}
+
+// PortmapChain is the nat chain the CNI portmap plugin creates; its
+// presence means the CNI programs host ports on this node.
+const PortmapChain = "CNI-HOSTPORT-DNAT"
+
+// PortmapPresent reports whether either iptables flavour's IPv4 or IPv6
+// nat table holds PortmapChain (a flavour whose tools fail counts as
+// without it).
+func PortmapPresent(ctx context.Context, ex iptexec.Executor) bool {
+	for _, m := range []iptexec.Mode{iptexec.ModeNFT, iptexec.ModeLegacy} {
+		for _, fam := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
+			out, _, err := ex.Run(ctx, nil, iptexec.ToolsFor(m, fam).Save, "-t", "nat")
+			if err == nil && strings.Contains(string(out), "\n:"+PortmapChain+" ") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Programmer is a proxier.Backend that runs another backend's Sync and
@@ -86,7 +109,10 @@ func (p *Programmer) Render(snaps []*proxier.Snapshot) (string, error) {
 		return "", fmt.Errorf("proxy mode %s cannot render its rules", p.backend.Name())
 	}
 	text, err := r.Render(snaps)
-	if err != nil || p.cfg.Disabled {
+	p.mu.Lock()
+	disabled := p.cfg.Disabled
+	p.mu.Unlock()
+	if err != nil || disabled {
 		return text, err
 	}
 	return text + Render(snaps), nil
@@ -116,6 +142,15 @@ func (p *Programmer) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxi
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.cfg.Auto {
+		p.cfg.Auto = false
+		if PortmapPresent(ctx, p.cfg.Executor) {
+			p.cfg.Disabled = true
+			p.log.Info("the CNI portmap plugin's chain exists: host ports are left to it (--hostport-mode=auto)", "chain", PortmapChain)
+		} else {
+			p.log.Info("no CNI portmap chain: switchyard programs host ports (--hostport-mode=auto)", "chain", PortmapChain)
+		}
+	}
 	var errs []error
 	keep := map[socketKey]bool{}
 	for _, s := range snaps {
