@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -167,6 +168,37 @@ func TestKernelTraffic(t *testing.T) {
 			continue
 		}
 		_ = s.Close()
+	}
+
+	// A UDP client that sent to a port before it was mapped keeps its
+	// conntrack entry (no NAT) for as long as it sends: adding the mapping
+	// deletes that entry, so its next datagram reaches the pod.
+	var conn *net.UDPConn
+	if err := lab.InNS(l.Outside, func() error {
+		var err error
+		conn, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.IP(l.OutsideIP.AsSlice()), Port: 40007},
+			&net.UDPAddr{IP: net.IP(l.NodeIP.AsSlice()), Port: 7070})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("ping\n")); err != nil {
+		t.Fatal(err)
+	}
+	dns := labPod("web", "10.244.0.5", now, corev1.ContainerPort{HostPort: 7070, ContainerPort: 80, Protocol: corev1.ProtocolUDP})
+	sync(false, newer, dns)
+	got := ""
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && got == ""; {
+		_, _ = conn.Write([]byte("ping\n")) // an earlier port unreachable may fail one write
+		_ = conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		buf := make([]byte, 200)
+		if n, err := conn.Read(buf); err == nil {
+			got = string(buf[:n])
+		}
+	}
+	if !strings.Contains(got, " web ") {
+		t.Errorf("UDP flow from before the mapping never reached the pod (reply %q)", got)
 	}
 
 	// Cleanup leaves no host-port chain and no jump.
