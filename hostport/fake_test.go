@@ -18,6 +18,7 @@ type fakeNAT struct {
 	chains   map[string]map[string][]string // tool base -> chain -> rules
 	restores []string                       // every restore input
 	saves    int
+	lists    int // restores that only listed chains (-S)
 }
 
 func newFakeNAT() *fakeNAT { return &fakeNAT{chains: map[string]map[string][]string{}} }
@@ -51,6 +52,26 @@ func (f *fakeNAT) Run(_ context.Context, stdin []byte, name string, args ...stri
 			}
 		}
 		sb.WriteString("COMMIT\n")
+		return []byte(sb.String()), nil, nil
+	}
+	if strings.HasSuffix(name, "-restore") && strings.Contains(string(stdin), "\n-S ") {
+		f.lists++
+		t := f.table(base(name))
+		var sb strings.Builder
+		for _, line := range strings.Split(string(stdin), "\n") {
+			c, ok := strings.CutPrefix(line, "-S ")
+			if !ok {
+				continue
+			}
+			rules, exists := t[c]
+			if !exists {
+				return nil, []byte("chain " + c + " does not exist"), fmt.Errorf("exit status 1")
+			}
+			sb.WriteString("-N " + c + "\n")
+			for _, r := range rules {
+				sb.WriteString("-A " + c + " " + r + "\n")
+			}
+		}
 		return []byte(sb.String()), nil, nil
 	}
 	if strings.HasSuffix(name, "-restore") {

@@ -165,8 +165,12 @@ func TestSyncOChange(t *testing.T) {
 	// Verify with nothing drifted: a read, no write.
 	s := snap(proxier.IPv4, dns)
 	s.Verify = true
+	saves = r.nat.saves
 	if res := r.sync(t, s); res.Wrote || len(r.nat.restores) != 3 {
 		t.Fatalf("verify of an untouched kernel wrote: %+v", res)
+	}
+	if r.nat.saves != saves || r.nat.lists != 1 {
+		t.Errorf("verify should list its chains (%d lists), not save the nat table (%d saves)", r.nat.lists, r.nat.saves-saves)
 	}
 	// Someone flushes the mapping chain and deletes a jump: repaired.
 	tbl[ChainName(proxier.IPv4, dns)] = nil

@@ -75,6 +75,8 @@ func TestKernelTraffic(t *testing.T) {
 	old := labPod("old", "10.244.0.7", now.Add(-time.Hour), corev1.ContainerPort{HostPort: 9090, ContainerPort: 80})
 	newer := labPod("new", "10.244.0.8", now, corev1.ContainerPort{HostPort: 9090, ContainerPort: 80})
 	cfg := &planner.Config{Node: planner.NodeInfo{Name: "node-1"}, Families: []proxier.IPFamily{proxier.IPv4}}
+	var last proxier.SyncResult
+	verify := false
 	sync := func(full bool, pods ...*corev1.Pod) {
 		t.Helper()
 		hps, problems := planner.HostPorts(pods, cfg)
@@ -82,11 +84,13 @@ func TestKernelTraffic(t *testing.T) {
 			t.Log("planner:", pr.String())
 		}
 		s := &proxier.Snapshot{Family: proxier.IPv4, NodeName: "node-1", NodeIPs: []netip.Addr{l.NodeIP},
-			NodePortAddresses: proxier.NodePortAddresses{All: true}, FullSync: full, Verify: full,
+			NodePortAddresses: proxier.NodePortAddresses{All: true}, FullSync: full, Verify: verify,
 			Masquerade: proxier.MasqueradeConfig{MarkBit: 14}, HostPorts: hps[proxier.IPv4]}
-		if _, err := p.Sync(context.Background(), []*proxier.Snapshot{s}); err != nil {
+		res, err := p.Sync(context.Background(), []*proxier.Snapshot{s})
+		if err != nil {
 			t.Fatal(err)
 		}
+		last = res
 	}
 	sync(true, web, old, newer)
 
@@ -153,8 +157,23 @@ func TestKernelTraffic(t *testing.T) {
 	}
 
 	// A full, verifying sync of the iptables mode keeps the host-port chains.
+	verify = true
 	sync(true, web, old, newer)
 	expect(l.Outside, "tcp", node+":8080", "web", l.OutsideIP)
+	// A verifying sync (iptables-nft: chains listed) finds a deleted jump
+	// and puts it back.
+	l.MustExec(l.Node, "iptables-nft", "-t", "nat", "-D", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL",
+		"-m", "comment", "--comment", "switchyard hostports", "-j", DispatchChain)
+	sync(false, web, old, newer)
+	if last.Repaired["jump"] != 1 {
+		t.Errorf("deleted jump not repaired: %+v", last)
+	}
+	expect(l.Outside, "tcp", node+":8080", "web", l.OutsideIP)
+	sync(false, web, old, newer)
+	if last.Wrote || len(last.Repaired) != 0 {
+		t.Errorf("verify of an untouched kernel wrote: %+v", last)
+	}
+	verify = false
 
 	// The old pod goes: the newer one gets the port; web goes: its ports
 	// are free again and no longer forwarded.

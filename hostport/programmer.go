@@ -196,7 +196,7 @@ func (p *Programmer) syncFamily(ctx context.Context, snap *proxier.Snapshot, res
 	var text string
 	var added []string
 	if old == nil || snap.FullSync || snap.Verify {
-		saved, err := iptexec.SaveSums(ctx, p.cfg.Executor, t, "nat", ChainPrefix)
+		saved, err := p.readKernel(ctx, t, old, snap.FullSync)
 		if err != nil {
 			return fmt.Errorf("hostport %s: %w", fam, err)
 		}
@@ -226,6 +226,21 @@ func (p *Programmer) syncFamily(ctx context.Context, snap *proxier.Snapshot, res
 	p.written[fam] = plan
 	p.flushConntrack(fam, plan, added)
 	return nil
+}
+
+// readKernel reads the nat table's host-port chains and the built-in
+// chains that jump to them. A verifying sync of iptables-nft with a known
+// state lists only those chains (a big nat table of the iptables mode is
+// not dumped every period); anything else, or a listing that fails (a
+// chain is gone), runs iptables-save -t nat, which also finds leftovers.
+func (p *Programmer) readKernel(ctx context.Context, t iptexec.Tools, old *Plan, full bool) (*iptexec.Table, error) {
+	if t.NFT && old != nil && !full {
+		list := append([]string{"PREROUTING", "OUTPUT", DispatchChain}, old.sortedChains()...)
+		if tbl, err := iptexec.ListChains(ctx, p.cfg.Executor, t, "nat", list, ChainPrefix); err == nil {
+			return tbl, nil
+		}
+	}
+	return iptexec.SaveSums(ctx, p.cfg.Executor, t, "nat", ChainPrefix)
 }
 
 // diff returns restore input turning old into plan ("" when equal) and
