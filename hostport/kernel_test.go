@@ -231,3 +231,67 @@ func TestKernelTraffic(t *testing.T) {
 }
 
 func errAddrInUse() error { return syscall.EADDRINUSE }
+
+// TestKernelTrafficDualStack: the same mapping in both families, over IPv6
+// too (ip6tables nat, IPv6 masquerade for hairpin, a V6ONLY reservation).
+func TestKernelTrafficDualStack(t *testing.T) {
+	l := lab.New(t, lab.Spec{Pods: []lab.Pod{
+		{Name: "web", IP: netip.MustParseAddr("10.244.0.5"), IPv6: netip.MustParseAddr("fd00:10:244::5"), TCPPorts: []uint16{80}, UDPPorts: []uint16{80}},
+	}})
+	ex := iptexec.NetnsExecutor(l.Node)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	inner, err := iptables.New(iptables.Config{Mode: iptables.ModeNFT, Executor: ex, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := conntrack.NewNetlinkTableAt(l.Node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ct.Close() })
+	p := Wrap(inner, Config{Mode: iptexec.ModeNFT, Executor: ex, Logger: quiet, Listen: nsListen(l.Node), Conntrack: ct})
+	t.Cleanup(func() { _ = p.Cleanup(context.Background()) })
+
+	web := labPod("web", "10.244.0.5", time.Now(),
+		corev1.ContainerPort{HostPort: 8080, ContainerPort: 80, Protocol: corev1.ProtocolTCP},
+		corev1.ContainerPort{HostPort: 8080, ContainerPort: 80, Protocol: corev1.ProtocolUDP})
+	web.Status.PodIPs = []corev1.PodIP{{IP: "10.244.0.5"}, {IP: "fd00:10:244::5"}}
+	cfg := &planner.Config{Node: planner.NodeInfo{Name: "node-1"}, Families: []proxier.IPFamily{proxier.IPv4, proxier.IPv6}}
+	hps, _ := planner.HostPorts([]*corev1.Pod{web}, cfg)
+	var snaps []*proxier.Snapshot
+	for fam, nodeIP := range map[proxier.IPFamily]netip.Addr{proxier.IPv4: l.NodeIP, proxier.IPv6: l.NodeIPv6} {
+		snaps = append(snaps, &proxier.Snapshot{Family: fam, NodeName: "node-1", NodeIPs: []netip.Addr{nodeIP},
+			NodePortAddresses: proxier.NodePortAddresses{All: true}, FullSync: true,
+			Masquerade: proxier.MasqueradeConfig{MarkBit: 14}, HostPorts: hps[fam]})
+	}
+	if snaps[0].Family != proxier.IPv4 {
+		snaps[0], snaps[1] = snaps[1], snaps[0]
+	}
+	if _, err := p.Sync(context.Background(), snaps); err != nil {
+		t.Fatal(err)
+	}
+	v6 := net.JoinHostPort(l.NodeIPv6.String(), "8080")
+	for _, proto := range []string{"tcp", "udp"} {
+		r, err := lab.Dial(l.Outside, proto, v6, 3*time.Second)
+		if err != nil || r.Name != "web" || r.Peer.Addr() != l.OutsideIPv6 {
+			t.Errorf("%s %s from outside: %+v %v", proto, v6, r, err)
+		}
+		r, err = lab.Dial(l.Pod("web").NS, proto, v6, 3*time.Second)
+		if err != nil || r.Name != "web" || r.Peer.Addr() == l.Pod("web").IPv6 {
+			t.Errorf("%s %s hairpin: %+v %v (want masqueraded)", proto, v6, r, err)
+		}
+		r, err = lab.Dial(l.Outside, proto, l.NodeIP.String()+":8080", 3*time.Second)
+		if err != nil || r.Name != "web" {
+			t.Errorf("%s IPv4 from outside: %+v %v", proto, r, err)
+		}
+	}
+	for _, network := range []string{"tcp6", "udp6", "tcp4", "udp4"} {
+		addr := "[::]:8080"
+		if strings.HasSuffix(network, "4") {
+			addr = ":8080"
+		}
+		if _, err := nsListen(l.Node)(network, addr); !errors.Is(err, syscall.EADDRINUSE) {
+			t.Errorf("binding %s %s on the node: %v, want address in use", network, addr, err)
+		}
+	}
+}
