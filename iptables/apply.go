@@ -31,15 +31,36 @@ type savedTable = iptexec.Table
 // or unhooks them.
 const otherModePrefix = "SWY-IPVS-"
 
-// thisMode drops the IPVS mode's chains, and the jumps to them, from a parsed
-// table (in place; nil stays nil).
+// hostPortPrefix starts the chains of package hostport (SWY-HOSTPORTS,
+// SWY-HOSTPORT-<hash>), which programs host ports beside every mode and
+// owns them the same way.
+const hostPortPrefix = "SWY-HOSTPORT"
+
+// otherOwner reports whether an SWY- chain belongs to another owner.
+func otherOwner(chain string) bool {
+	return strings.HasPrefix(chain, otherModePrefix) || strings.HasPrefix(chain, hostPortPrefix)
+}
+
+// jumpsElsewhere reports whether a saved rule jumps to a chain of another
+// owner.
+func jumpsElsewhere(rule string) bool {
+	for _, p := range []string{otherModePrefix, hostPortPrefix} {
+		if strings.Contains(rule, " -j "+p) || strings.Contains(rule, " -g "+p) {
+			return true
+		}
+	}
+	return false
+}
+
+// thisMode drops the IPVS mode's and the host ports' chains, and the jumps
+// to them, from a parsed table (in place; nil stays nil).
 func thisMode(st *savedTable) *savedTable {
 	if st == nil {
 		return nil
 	}
 	own := st.Own[:0]
 	for _, c := range st.Own {
-		if strings.HasPrefix(c, otherModePrefix) {
+		if otherOwner(c) {
 			delete(st.Sums, c)
 			continue
 		}
@@ -48,7 +69,7 @@ func thisMode(st *savedTable) *savedTable {
 	st.Own = own
 	jumps := st.ForeignJumps[:0]
 	for _, j := range st.ForeignJumps {
-		if !strings.Contains(j, " -j "+otherModePrefix) && !strings.Contains(j, " -g "+otherModePrefix) {
+		if !jumpsElsewhere(j) {
 			jumps = append(jumps, j)
 		}
 	}

@@ -223,7 +223,7 @@ func rulesDrift(ctx context.Context, ex iptexec.Executor, t iptexec.Tools, fr Fa
 			}
 		}
 		for _, c := range tbl.Own {
-			if !slices.Contains(fr.Chains[table], c) {
+			if !slices.Contains(fr.Chains[table], c) && !strings.HasPrefix(c, hostPortPrefix) {
 				r.add(driftChain, "unexpected "+table+"/"+c)
 			}
 		}

@@ -29,7 +29,7 @@ func writeRules(ctx context.Context, ex iptexec.Executor, t iptexec.Tools, fr Fa
 		}
 		var stale []string
 		for _, c := range saved.Own {
-			if !want[c] {
+			if !want[c] && !strings.HasPrefix(c, hostPortPrefix) {
 				stale = append(stale, c)
 			}
 		}
@@ -58,6 +58,10 @@ func writeRules(ctx context.Context, ex iptexec.Executor, t iptexec.Tools, fr Fa
 	}
 	return iptexec.Restore(ctx, ex, t, []byte(b.String()))
 }
+
+// hostPortPrefix starts the chains of package hostport, which programs
+// host ports beside every mode: never stale here.
+const hostPortPrefix = "SWY-HOSTPORT"
 
 // tableOf returns the table a restore fragment opens ("*nat" → "nat").
 func tableOf(part string) string {

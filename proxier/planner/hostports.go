@@ -14,7 +14,9 @@ import (
 // HostPorts collects the hostPort mappings of running pods on this node, per
 // family. A pod without an IP of a family gets no mapping in it; a hostPort
 // already claimed (same family, protocol, host IP and port) by another pod
-// is reported and skipped, the oldest pod keeping it.
+// is reported and skipped, the oldest pod keeping it. A hostPort inside the
+// node-port range (cfg.NodePortMin-NodePortMax) is reported and kept: a
+// Service may take it later, and then keeps it (HostPortsBesideNodePorts).
 func HostPorts(pods []*corev1.Pod, cfg *Config) (map[proxier.IPFamily][]proxier.HostPort, []Problem) {
 	sorted := make([]*corev1.Pod, 0, len(pods))
 	for _, pod := range pods {
@@ -109,6 +111,10 @@ func HostPorts(pods []*corev1.Pod, cfg *Config) (map[proxier.IPFamily][]proxier.
 						bad("hostPort %d/%s is already used by pod %s; mapping skipped", cp.HostPort, proto, clash)
 						continue
 					}
+					if cfg.NodePortMin != 0 && cp.HostPort >= int32(cfg.NodePortMin) && cp.HostPort <= int32(cfg.NodePortMax) && fam == cfg.Families[0] {
+						bad("hostPort %d/%s is inside the service node-port range %d-%d (--service-node-port-range); a Service given that node port will keep it",
+							cp.HostPort, proto, cfg.NodePortMin, cfg.NodePortMax)
+					}
 					owners[cl] = append(owners[cl], owner{hostIP, key})
 					out[fam] = append(out[fam], proxier.HostPort{Pod: key, Protocol: proto, HostIP: hostIP,
 						HostPort: uint16(cp.HostPort), PodIP: podIP, ContainerPort: uint16(cp.ContainerPort)})
@@ -117,4 +123,44 @@ func HostPorts(pods []*corev1.Pod, cfg *Config) (map[proxier.IPFamily][]proxier.
 		}
 	}
 	return out, problems
+}
+
+// HostPortsBesideNodePorts drops, from each snapshot's HostPorts, the
+// mappings whose port and protocol a Service of the same family uses as a
+// node port: the Service keeps it (node ports answer on every node address,
+// so any host IP collides). Each dropped mapping is a Problem naming the
+// pod and the Service. The snapshots' slices are replaced, never modified.
+func HostPortsBesideNodePorts(snaps []*proxier.Snapshot) []Problem {
+	var problems []Problem
+	for _, s := range snaps {
+		if len(s.HostPorts) == 0 {
+			continue
+		}
+		type key struct {
+			proto proxier.Protocol
+			port  uint16
+		}
+		nodePorts := map[key]string{}
+		for _, sp := range s.Services {
+			if sp.NodePort != 0 {
+				if _, dup := nodePorts[key{sp.Protocol, sp.NodePort}]; !dup {
+					nodePorts[key{sp.Protocol, sp.NodePort}] = sp.Name.String()
+				}
+			}
+		}
+		if len(nodePorts) == 0 {
+			continue
+		}
+		var kept []proxier.HostPort
+		for _, hp := range s.HostPorts {
+			if svc, ok := nodePorts[key{hp.Protocol, hp.HostPort}]; ok {
+				problems = append(problems, Problem{Kind: "Pod", Object: hp.Pod, Reason: fmt.Sprintf(
+					"hostPort %d/%s (%s) is the node port of service %s, which keeps it; mapping skipped", hp.HostPort, hp.Protocol, s.Family, svc)})
+				continue
+			}
+			kept = append(kept, hp)
+		}
+		s.HostPorts = kept
+	}
+	return problems
 }

@@ -190,6 +190,7 @@ func Plan(objs Objects, cfg Config) ([]*proxier.Snapshot, []Problem) {
 		s.HostPorts = hp[s.Family]
 		s.FullSync = true
 	}
+	problems = append(problems, HostPortsBesideNodePorts(snaps)...)
 	for _, sp := range plans {
 		problems = append(problems, sp.Problems...)
 	}

@@ -560,3 +560,47 @@ func TestNodePortAddressesListLocalAddresses(t *testing.T) {
 		t.Errorf("IPv6 node-port addresses %+v", v6)
 	}
 }
+
+// A hostPort that is a Service's node port (same family and protocol) is
+// the Service's: the pod's mapping is skipped with a problem naming both. A
+// hostPort inside the node-port range is reported and kept.
+func TestHostPortsBesideNodePorts(t *testing.T) {
+	pod := func(name, ip string, ports ...corev1.ContainerPort) *corev1.Pod {
+		p := &corev1.Pod{}
+		p.Namespace, p.Name = "default", name
+		p.Spec.NodeName = testNode
+		p.Status.PodIP = ip
+		p.Status.Phase = corev1.PodRunning
+		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: ports}}
+		return p
+	}
+	objs := Objects{
+		Services: []*corev1.Service{svc("web", nodePort(30080))},
+		Pods: []*corev1.Pod{
+			pod("taker", "10.244.1.5", corev1.ContainerPort{ContainerPort: 80, HostPort: 30080}),
+			pod("udp", "10.244.1.6", corev1.ContainerPort{ContainerPort: 80, HostPort: 30080, Protocol: corev1.ProtocolUDP}),
+			pod("low", "10.244.1.7", corev1.ContainerPort{ContainerPort: 80, HostPort: 8080}),
+		},
+	}
+	snap, problems := planOne(t, objs, testConfig())
+	var got []string
+	for _, hp := range snap.HostPorts {
+		got = append(got, hp.Pod+" "+string(hp.Protocol)+" "+itoa(hp.HostPort))
+	}
+	if strings.Join(got, "|") != "default/low TCP 8080|default/udp UDP 30080" {
+		t.Errorf("host ports %v", got)
+	}
+	var msgs []string
+	for _, p := range problems {
+		msgs = append(msgs, p.String())
+	}
+	all := strings.Join(msgs, "\n")
+	for _, want := range []string{
+		"Pod default/taker: hostPort 30080/TCP (IPv4) is the node port of service default/web",
+		"Pod default/udp: hostPort 30080/UDP is inside the service node-port range 30000-32767",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("problems lack %q:\n%s", want, all)
+		}
+	}
+}

@@ -360,6 +360,10 @@ func (t *Tracker) Plan(full bool) Result {
 	}
 	t.rejected = rejected
 
+	for _, snap := range snaps {
+		snap.HostPorts = t.hostPorts[snap.Family]
+	}
+	problems = append(problems, planner.HostPortsBesideNodePorts(snaps)...)
 	for _, p := range t.sorted {
 		problems = append(problems, p.Problems...)
 	}
@@ -374,7 +378,6 @@ func (t *Tracker) Plan(full bool) Result {
 
 	full = full || nodeChanged || !t.planned
 	for _, snap := range snaps {
-		snap.HostPorts = t.hostPorts[snap.Family]
 		if full {
 			snap.FullSync = true
 			continue

@@ -250,3 +250,40 @@ func TestNodeAddressesChangedOnlyWhenResolutionDiffers(t *testing.T) {
 		t.Errorf("the next plan must be full with the new address: %+v", res.Snapshots[0])
 	}
 }
+
+// A pod's hostPort that a Service uses as its node port is dropped, in
+// incremental plans too, and comes back when the Service goes.
+func TestHostPortYieldsToNodePort(t *testing.T) {
+	tr := New(Options{ResolveNode: resolver("10.0.0.10")})
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: corev1.PodSpec{NodeName: "node-0", Containers: []corev1.Container{{Name: "c",
+			Ports: []corev1.ContainerPort{{ContainerPort: 80, HostPort: 30080}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.0.5"},
+	}
+	tr.OnPod(pod, false)
+	if res := tr.Plan(false); len(res.Snapshots[0].HostPorts) != 1 {
+		t.Fatalf("host ports %v", res.Snapshots[0].HostPorts)
+	}
+	svc := service(1)
+	svc.Spec.Type = corev1.ServiceTypeNodePort
+	svc.Spec.Ports[0].NodePort = 30080
+	tr.OnService(svc, false)
+	res := tr.Plan(false)
+	if len(res.Snapshots[0].HostPorts) != 0 {
+		t.Errorf("host port kept beside the node port: %v", res.Snapshots[0].HostPorts)
+	}
+	found := false
+	for _, p := range res.Problems {
+		if p.Object == "ns/web" && p.Reason != "" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no problem for the pod: %v", res.Problems)
+	}
+	tr.OnService(svc, true)
+	if res := tr.Plan(false); len(res.Snapshots[0].HostPorts) != 1 {
+		t.Errorf("host port not back after the service left: %v", res.Snapshots[0].HostPorts)
+	}
+}

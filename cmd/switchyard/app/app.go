@@ -11,6 +11,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/switchyard-proxy/switchyard/conntrack"
+	"github.com/switchyard-proxy/switchyard/hostport"
+	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 	"github.com/switchyard-proxy/switchyard/internal/kubeproxyclean"
 	"github.com/switchyard-proxy/switchyard/iptables"
 	"github.com/switchyard-proxy/switchyard/ipvs"
@@ -188,14 +190,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return runProxy(ctx, o, s, log)
 }
 
-// backendFactory builds backends, with conntrack cleanup in every mode;
-// tests replace it with fakes.
+// backendFactory builds backends, with host ports and conntrack cleanup in
+// every mode; tests replace it with fakes.
 var backendFactory = func(o *Options, log *slog.Logger) (proxier.Backend, error) {
 	b, err := newBackend(o, log)
 	if err != nil {
 		return nil, err
 	}
-	return conntrack.Wrap(b, conntrack.Config{Logger: log}), nil
+	hp := hostport.Wrap(b, hostport.Config{Mode: iptexec.Mode(o.IPTablesBackend), Logger: log,
+		Auto: o.HostPortMode == "auto", Disabled: o.HostPortMode == "off", NoReserve: o.Once})
+	return conntrack.Wrap(hp, conntrack.Config{Logger: log}), nil
+}
+
+// modeOnly returns the proxy mode inside backendFactory's decorations
+// without the host ports: cleaning another mode's leftovers must not remove
+// the host-port chains, which every mode shares.
+func modeOnly(b proxier.Backend) proxier.Backend {
+	for {
+		switch x := b.(type) {
+		case *conntrack.Reconciler:
+			b = x.Unwrap()
+		case *hostport.Programmer:
+			return x.Unwrap()
+		default:
+			return b
+		}
+	}
 }
 
 // newBackend builds the backend of the chosen proxy mode.
@@ -251,7 +271,7 @@ func cleanupOtherModes(ctx context.Context, o *Options, active proxier.Backend, 
 		if b == active || b.Name() == active.Name() {
 			continue
 		}
-		if err := b.Cleanup(ctx); err != nil {
+		if err := modeOnly(b).Cleanup(ctx); err != nil {
 			log.Info("cleaning another mode's leftovers failed", "mode", mode, "err", err)
 			continue
 		}

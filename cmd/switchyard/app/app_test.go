@@ -3,11 +3,16 @@ package app
 import (
 	"bytes"
 	"context"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/switchyard-proxy/switchyard/conntrack"
+	"github.com/switchyard-proxy/switchyard/hostport"
 )
 
 func runMain(t *testing.T, args ...string) (int, string, string) {
@@ -207,5 +212,28 @@ func TestPlanAndRulesCommands(t *testing.T) {
 	code, _, stderr = runMain(t, "rules", "--manifests", dir, "--proxy-mode", "nftables")
 	if code != 1 || !strings.Contains(stderr, "not implemented yet") {
 		t.Errorf("nftables rules: exit %d %q", code, stderr)
+	}
+}
+
+// Every mode is wrapped with host ports inside conntrack; cleaning another
+// mode's leftovers reaches the mode itself, not the shared host ports.
+func TestBackendWrapsHostPorts(t *testing.T) {
+	o := defaultOptions()
+	o.HostPortMode = "off"
+	b, err := backendFactory(o, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Skipf("no iptables backend here: %v", err)
+	}
+	r, ok := b.(*conntrack.Reconciler)
+	if !ok {
+		t.Fatalf("backend %T, want the conntrack decorator outside", b)
+	}
+	if _, ok := r.Unwrap().(*hostport.Programmer); !ok {
+		t.Fatalf("inside conntrack: %T, want *hostport.Programmer", r.Unwrap())
+	}
+	if m := modeOnly(b); m.Name() != "iptables" {
+		t.Errorf("modeOnly: %T", m)
+	} else if _, wrapped := m.(*hostport.Programmer); wrapped {
+		t.Error("modeOnly kept the host-port decorator")
 	}
 }

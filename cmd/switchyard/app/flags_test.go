@@ -134,6 +134,7 @@ func TestKubeProxyFlagErrors(t *testing.T) {
 		{"--feature-gates=Foo"},
 		{"--logging-format=xml"},
 		{"--ipvs-exclude-cidrs=10.0.0.1"},
+		{"--hostport-mode=maybe"},
 		{"--v=x"},
 	} {
 		code, _, stderr := runMain(t, args...)

@@ -56,6 +56,7 @@ type Options struct {
 	IPVSStrictARP      bool
 	IPVSGracePeriod    time.Duration
 	IPTablesBackend    string
+	HostPortMode       string
 	LogLevel           string
 
 	// The rest are kube-proxy's flags and config fields that switchyard
@@ -132,6 +133,7 @@ func defaultOptions() *Options {
 		NodePortRange:      "30000-32767",
 		IPVSScheduler:      "rr",
 		IPTablesBackend:    "auto",
+		HostPortMode:       "auto",
 		LogLevel:           "info",
 
 		KubeAPIQPS:            5,
@@ -225,6 +227,7 @@ func (o *Options) addFlags(fs *pflag.FlagSet, daemon bool) {
 	fs.BoolVar(&o.IPVSStrictARP, "ipvs-strict-arp", o.IPVSStrictARP, "set arp_ignore=1 and arp_announce=2 so the node does not answer ARP for service VIPs (as kube-proxy's --ipvs-strict-arp)")
 	fs.DurationVar(&o.IPVSGracePeriod, "ipvs-grace-period", o.IPVSGracePeriod, "how long a removed IPVS real server keeps its connections (weight 0) before it is deleted; 0 means 15m")
 	fs.StringVar(&o.IPTablesBackend, "iptables-backend", o.IPTablesBackend, "iptables flavour: auto (the one holding more rules), nft or legacy")
+	fs.StringVar(&o.HostPortMode, "hostport-mode", o.HostPortMode, "pods' hostPorts: on (switchyard programs and reserves them), off (left to the CNI portmap plugin), auto (off when portmap's CNI-HOSTPORT-DNAT chain exists at the first sync, else on)")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (filters switchyard's own records; debug also means -v=4; default info, or debug at -v=4 and up)")
 	fs.BoolVar(&o.LocalhostNodePorts, "iptables-localhost-nodeports", o.LocalhostNodePorts, "if false, node ports are not reachable on 127.0.0.1 (iptables mode, IPv4 only)")
 	fs.StringVar(&o.DetectLocalMode, "detect-local-mode", o.DetectLocalMode, "how traffic from local pods is told apart: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix")
@@ -689,6 +692,11 @@ func (o *Options) validate() (*settings, error) {
 	case "auto", "nft", "legacy":
 	default:
 		return nil, fmt.Errorf("--iptables-backend %q: want auto, nft or legacy", o.IPTablesBackend)
+	}
+	switch o.HostPortMode {
+	case "auto", "on", "off":
+	default:
+		return nil, fmt.Errorf("--hostport-mode %q: want auto, on or off", o.HostPortMode)
 	}
 	switch o.IPVSScheduler {
 	case "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh", "fo", "ovf", "twos":
