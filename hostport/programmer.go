@@ -182,6 +182,20 @@ func (p *Programmer) syncFamily(ctx context.Context, snap *proxier.Snapshot, res
 		return nil
 	}
 	plan := Build(snap)
+	if len(plan.Mappings) == 0 {
+		// No host port in this family: nothing of ours in the kernel at
+		// all (no chain, no jump). Leftovers are removed on the first
+		// sync, when the last mapping goes, and on full syncs; verifying
+		// syncs read nothing (the mode's nat table can be huge).
+		if old != nil && len(old.Mappings) == 0 && !snap.FullSync {
+			return nil
+		}
+		if err := p.removeChains(ctx, fam); err != nil {
+			return err
+		}
+		p.written[fam] = plan
+		return nil
+	}
 	for _, n := range plan.sortedChains() {
 		hp := plan.Mappings[n]
 		if k, ok := reservation(fam, hp); ok {
