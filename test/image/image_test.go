@@ -1,0 +1,293 @@
+// Package image_test starts switchyard's OCI image (make image) with a real
+// OCI runtime, runc, as a kube-proxy pod runs: the container joins a lab
+// node's network namespace (hostNetwork) with a manifest folder mounted in.
+// It checks `switchyard --version`, a real `--once` sync (SWY- rules in the
+// namespace, traffic to a cluster IP and a node port reaching the pod) and
+// the iptables wrapper's choice of flavour (nft on an empty node; legacy
+// where kubelet's hint chain is in iptables-legacy).
+//
+// It needs root, umoci and runc, and SWY_IMAGE_LAYOUT pointing at the OCI
+// layout `make image` writes; `make test-image` sets all of that up.
+// Without SWY_IMAGE_LAYOUT it skips.
+package image_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchyard-proxy/switchyard/test/lab"
+)
+
+const objects = `apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses: [{type: InternalIP, address: 10.0.0.10}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.80
+  ports: [{name: http, port: 80, targetPort: 80, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: demo
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 80}]
+endpoints:
+- addresses: [10.244.0.11]
+  nodeName: node-a
+`
+
+// bundle is an unpacked image with its own runc state folder.
+type bundle struct {
+	t           *testing.T
+	dir, state  string
+	config      map[string]any
+	version     string
+	containerID int
+}
+
+func unpack(t *testing.T, layout string) *bundle {
+	t.Helper()
+	for _, tool := range []string{"umoci", "runc", "ip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed (make test-image installs it): %v", tool, err)
+		}
+	}
+	tmp := t.TempDir()
+	b := &bundle{t: t, dir: filepath.Join(tmp, "bundle"), state: filepath.Join(tmp, "state")}
+	if out, err := exec.Command("umoci", "unpack", "--image", layout+":latest", b.dir).CombinedOutput(); err != nil {
+		t.Fatalf("umoci unpack %s: %v\n%s", layout, err, out)
+	}
+	raw, err := os.ReadFile(filepath.Join(b.dir, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &b.config); err != nil {
+		t.Fatalf("umoci's config.json: %v", err)
+	}
+	ann, _ := b.config["annotations"].(map[string]any)
+	b.version, _ = ann["org.opencontainers.image.version"].(string)
+	return b
+}
+
+// privilegedCaps are the capabilities of a privileged kube-proxy pod that
+// switchyard uses, by number.
+var privilegedCaps = map[string]uint{
+	"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7,
+	"CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_SYS_MODULE": 16,
+	"CAP_SYS_ADMIN": 21, "CAP_SYS_RESOURCE": 24,
+}
+
+// grantableCaps returns those of privilegedCaps this process holds (the
+// test machines' root lacks some, e.g. CAP_SYS_RESOURCE), as runc cannot
+// grant more.
+func grantableCaps(t *testing.T) []string {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bnd uint64
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapBnd:"); ok {
+			if bnd, err = strconv.ParseUint(strings.TrimSpace(v), 16, 64); err != nil {
+				t.Fatalf("CapBnd %q: %v", v, err)
+			}
+		}
+	}
+	var caps []string
+	for name, bit := range privilegedCaps {
+		if bnd&(1<<bit) != 0 {
+			caps = append(caps, name)
+		}
+	}
+	sort.Strings(caps)
+	return caps
+}
+
+// run starts the image's rootfs with args in network namespace netns (as a
+// hostNetwork pod), with the host folder mounts[dst] bind-mounted at dst,
+// waits for it and returns its combined output.
+func (b *bundle) run(netns string, mounts map[string]string, args ...string) (string, error) {
+	b.t.Helper()
+	cfg := b.config
+	proc := cfg["process"].(map[string]any)
+	proc["terminal"] = false
+	proc["args"] = args
+	proc["noNewPrivileges"] = false
+	caps := map[string]any{}
+	for _, set := range []string{"bounding", "effective", "permitted"} {
+		caps[set] = grantableCaps(b.t)
+	}
+	proc["capabilities"] = caps
+	linux := cfg["linux"].(map[string]any)
+	linux["namespaces"] = []map[string]string{
+		{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+		{"type": "network", "path": "/run/netns/" + netns},
+	}
+	linux["readonlyPaths"] = []string{}
+	var ms []any
+	for _, m := range cfg["mounts"].([]any) {
+		if m.(map[string]any)["destination"] == "/sys/fs/cgroup" {
+			continue // hosts with cgroup v1 hybrid; switchyard does not read cgroups
+		}
+		ms = append(ms, m)
+	}
+	for dst, src := range mounts {
+		ms = append(ms, map[string]any{"destination": dst, "type": "bind", "source": src, "options": []string{"rbind", "ro"}})
+	}
+	cfg["mounts"] = ms
+	raw, err := json.Marshal(cfg)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b.dir, "config.json"), raw, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+	b.containerID++
+	id := fmt.Sprintf("swy-image-%d-%d", os.Getpid(), b.containerID)
+	b.t.Cleanup(func() { _ = exec.Command("runc", "--root", b.state, "delete", "--force", id).Run() })
+	cmd := exec.Command("runc", "--root", b.state, "run", "--bundle", b.dir, id)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Run()
+	return out.String(), err
+}
+
+// link returns where the image's /usr/sbin/NAME points.
+func (b *bundle) link(name string) string {
+	target, err := os.Readlink(filepath.Join(b.dir, "rootfs/usr/sbin", name))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return target
+}
+
+// resetLinks points the unflavoured names back at the wrapper, as in the image.
+func (b *bundle) resetLinks() {
+	for _, n := range []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
+		p := filepath.Join(b.dir, "rootfs/usr/sbin", n)
+		if err := os.Remove(p); err != nil {
+			b.t.Fatal(err)
+		}
+		if err := os.Symlink("iptables-wrapper", p); err != nil {
+			b.t.Fatal(err)
+		}
+	}
+}
+
+func layout(t *testing.T) string {
+	l := os.Getenv("SWY_IMAGE_LAYOUT")
+	if l == "" {
+		t.Skip("SWY_IMAGE_LAYOUT is not set: run make test-image")
+	}
+	lab.RequireRoot(t)
+	return l
+}
+
+func TestImageRunsAndSyncs(t *testing.T) {
+	img := layout(t)
+	l := lab.New(t, lab.Spec{Pods: []lab.Pod{{Name: "web-a", IP: mustAddr("10.244.0.11")}}})
+	b := unpack(t, img)
+
+	out, err := b.run(l.Node, nil, "/usr/local/bin/switchyard", "--version")
+	if err != nil {
+		t.Fatalf("switchyard --version in the image: %v\n%s", err, out)
+	}
+	if b.version == "" || !strings.Contains(out, b.version) {
+		t.Errorf("--version printed %q, want the image's version %q", out, b.version)
+	}
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "objects.yaml"), []byte(objects), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = b.run(l.Node, map[string]string{"/manifests": dir}, "/usr/local/bin/switchyard",
+		"--manifests=/manifests", "--hostname-override=node-a", "--once", "-v=2")
+	if err != nil {
+		t.Fatalf("switchyard --once in the image: %v\n%s", err, out)
+	}
+	save := l.MustExec(l.Node, "iptables-nft-save", "-t", "nat")
+	if !strings.Contains(save, ":SWY-") || !strings.Contains(save, "10.244.0.11:80") {
+		t.Fatalf("the namespace's nft rules lack switchyard's service:\n%s\nswitchyard said:\n%s", save, out)
+	}
+	for _, target := range []string{net.JoinHostPort("10.96.0.80", "80")} {
+		r, err := lab.Dial(l.Node, "tcp", target, 5*time.Second)
+		if err != nil || r.Name != "web-a" {
+			t.Errorf("node -> %s: %v %v", target, r, err)
+		}
+	}
+	r, err := lab.Dial(l.Outside, "tcp", net.JoinHostPort(l.NodeIP.String(), "30080"), 5*time.Second)
+	if err != nil || r.Name != "web-a" {
+		t.Errorf("outside -> node port: %v %v", r, err)
+	}
+
+	// The wrapper: an empty node's flavour is nft, and iptables-save in
+	// the container then reads the same rules as the host's nft tools.
+	out, err = b.run(l.Node, nil, "iptables-save", "-t", "nat")
+	if err != nil {
+		t.Fatalf("iptables-save in the image: %v\n%s", err, out)
+	}
+	if got := b.link("iptables"); got != "xtables-nft-multi" {
+		t.Errorf("wrapper linked iptables to %q, want xtables-nft-multi", got)
+	}
+	if !strings.Contains(out, ":SWY-") {
+		t.Errorf("iptables-save in the image lacks the SWY- chains:\n%s", out)
+	}
+}
+
+func TestImageWrapperFollowsKubeletsHint(t *testing.T) {
+	img := layout(t)
+	ns := fmt.Sprintf("swy-image-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	// kubelet on an iptables-legacy host: its hint chain is in legacy's
+	// mangle table; nft holds nothing.
+	if out, err := exec.Command("ip", "netns", "exec", ns, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT").CombinedOutput(); err != nil {
+		t.Fatalf("create hint chain: %v: %s", err, out)
+	}
+	b := unpack(t, img)
+	out, err := b.run(ns, nil, "iptables-wrapper")
+	if err != nil || strings.TrimSpace(out) != "legacy" {
+		t.Fatalf("iptables-wrapper picked %q (%v), want legacy", out, err)
+	}
+	out, err = b.run(ns, nil, "iptables", "-t", "mangle", "-S")
+	if err != nil || !strings.Contains(out, "-N KUBE-IPTABLES-HINT") {
+		t.Fatalf("iptables -t mangle -S in the image: %v\n%s", err, out)
+	}
+	for _, n := range []string{"iptables", "ip6tables-restore"} {
+		if got := b.link(n); got != "xtables-legacy-multi" {
+			t.Errorf("wrapper linked %s to %q, want xtables-legacy-multi", n, got)
+		}
+	}
+	b.resetLinks()
+	// Without the hint, both empty: nft.
+	if out, err := exec.Command("ip", "netns", "exec", ns, "iptables-legacy", "-t", "mangle", "-X", "KUBE-IPTABLES-HINT").CombinedOutput(); err != nil {
+		t.Fatalf("delete hint chain: %v: %s", err, out)
+	}
+	if out, err := b.run(ns, nil, "iptables-wrapper"); err != nil || strings.TrimSpace(out) != "nft" {
+		t.Fatalf("iptables-wrapper picked %q (%v), want nft", out, err)
+	}
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
