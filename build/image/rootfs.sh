@@ -49,6 +49,10 @@ rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/info" \
 	"$root/etc/init.d" "$root/etc/default" "$root/usr/share/bug" "$root/etc/ld.so.conf.d"
 
 install -m 0755 "$switchyard" "$root/usr/local/bin/switchyard"
+# kube-proxy's path in its images, so that only swapping the image of an
+# existing kube-proxy DaemonSet (its command is /usr/local/bin/kube-proxy)
+# starts switchyard.
+ln -s switchyard "$root/usr/local/bin/kube-proxy"
 install -m 0755 "$wrapper" "$root/usr/sbin/iptables-wrapper"
 for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
 	ln -sf iptables-wrapper "$root/usr/sbin/$n"

@@ -215,6 +215,10 @@ func TestImageRunsAndSyncs(t *testing.T) {
 	if b.version == "" || !strings.Contains(out, b.version) {
 		t.Errorf("--version printed %q, want the image's version %q", out, b.version)
 	}
+	// kube-proxy's path in its images runs switchyard too.
+	if out, err := b.run(l.Node, nil, "/usr/local/bin/kube-proxy", "--version"); err != nil || !strings.Contains(out, b.version) {
+		t.Errorf("/usr/local/bin/kube-proxy --version: %v %q", err, out)
+	}
 
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "objects.yaml"), []byte(objects), 0o644); err != nil {
