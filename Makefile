@@ -113,9 +113,9 @@ image:
 ## iptables wrapper's choice. Warm: ~15 s; cold: + the static build and the
 ## package download.
 test-image: image
-	@missing=""; for p in runc umoci; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in runc umoci skopeo; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
-	SWY_IMAGE_LAYOUT=$(CURDIR)/$(IMAGE_DIR)/oci $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/image
+	SWY_IMAGE_LAYOUT=$(CURDIR)/$(IMAGE_DIR)/oci SWY_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_DIR)/switchyard.tar $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/image
 
 clean:
 	rm -rf $(BIN)

@@ -6,8 +6,9 @@
 // the iptables wrapper's choice of flavour (nft on an empty node; legacy
 // where kubelet's hint chain is in iptables-legacy).
 //
-// It needs root, umoci and runc, and SWY_IMAGE_LAYOUT pointing at the OCI
-// layout `make image` writes; `make test-image` sets all of that up.
+// It needs root, umoci, runc and skopeo, and SWY_IMAGE_LAYOUT (and
+// SWY_IMAGE_ARCHIVE, the docker-archive) pointing at what
+// `make image` writes; `make test-image` sets all of that up.
 // Without SWY_IMAGE_LAYOUT it skips.
 package image_test
 
@@ -295,3 +296,25 @@ func TestImageWrapperFollowsKubeletsHint(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestImageFormats has skopeo, an independent reader, check both outputs
+// of make image: the OCI layout and the docker-archive tarball (copied
+// into a fresh OCI layout, which verifies every digest).
+func TestImageFormats(t *testing.T) {
+	img := layout(t)
+	archive := os.Getenv("SWY_IMAGE_ARCHIVE")
+	if _, err := exec.LookPath("skopeo"); err != nil {
+		t.Fatalf("skopeo is not installed (make test-image installs it): %v", err)
+	}
+	out, err := exec.Command("skopeo", "inspect", "oci:"+img+":latest").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"org.opencontainers.image.title": "switchyard"`) {
+		t.Fatalf("skopeo inspect the OCI layout: %v\n%s", err, out)
+	}
+	if archive == "" {
+		t.Skip("SWY_IMAGE_ARCHIVE is not set")
+	}
+	dst := filepath.Join(t.TempDir(), "copy")
+	if out, err := exec.Command("skopeo", "copy", "-q", "docker-archive:"+archive, "oci:"+dst+":x").CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy the docker-archive: %v\n%s", err, out)
+	}
+}
