@@ -9,12 +9,13 @@ set -eu
 cache=$1 root=$2 switchyard=$3 wrapper=$4
 
 # What switchyard runs (iptables nft+legacy, ip6tables, ipset, conntrack,
-# ipvsadm) and their shared libraries, closed under Depends (apt-cache
-# depends --recurse), minus what only package scripts use (lsb-base,
-# sysvinit-utils, gcc-12-base holds only docs).
+# ipvsadm, sysctl) and their shared libraries, closed under Depends
+# (apt-cache depends --recurse), minus what only package scripts use
+# (lsb-base, sysvinit-utils, gcc-12-base holds only docs). sysctl (for
+# route_localnet) is busybox's: procps would pull in libsystemd and more.
 PKGS="iptables libip4tc2 libip6tc2 libxtables12 libnftnl11 libmnl0
 libnetfilter-conntrack3 libnfnetlink0 ipset libipset13 conntrack ipvsadm
-libnl-3-200 libnl-genl-3-200 libpopt0 libc6 libgcc-s1 netbase"
+libnl-3-200 libnl-genl-3-200 libpopt0 libc6 libgcc-s1 netbase busybox"
 
 debs=$cache/debs
 mkdir -p "$debs"
@@ -57,16 +58,18 @@ install -m 0755 "$wrapper" "$root/usr/sbin/iptables-wrapper"
 for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
 	ln -sf iptables-wrapper "$root/usr/sbin/$n"
 done
+# busybox serves only sysctl (and is there for debugging: busybox sh).
+ln -s ../bin/busybox "$root/usr/sbin/sysctl"
 printf 'root:x:0:0:root:/root:/sbin/nologin\n' > "$root/etc/passwd"
 printf 'root:x:0:\n' > "$root/etc/group"
 
 # Every tool must start (all its libraries present).
 for cmd in "xtables-nft-multi iptables --version" "xtables-legacy-multi ip6tables --version" \
-	"ipset version" "conntrack --version" "ipvsadm --help"; do
+	"ipset version" "conntrack --version" "ipvsadm --help" "sysctl -n kernel.ostype"; do
 	set -- $cmd
 	bin=$1; shift
 	out=$(chroot "$root" /usr/sbin/"$bin" "$@" 2>&1) || case "$out" in
-		*"Kernel error"*|*"Protocol not available"*|*"Can't initialize ipvs"*|*"flag provided but not defined"*) ;;
+		*"Kernel error"*|*"Protocol not available"*|*"directory to '/proc/sys'"*|*"Can't initialize ipvs"*|*"flag provided but not defined"*) ;;
 		*) echo "rootfs.sh: $bin does not run in the image: $out" >&2; exit 1 ;;
 	esac
 done

@@ -225,6 +225,9 @@ func TestImageRunsAndSyncs(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "objects.yaml"), []byte(objects), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A fresh node has route_localnet off; switchyard turns it on (with the
+	// image's sysctl) for node ports on 127.0.0.1.
+	l.MustExec(l.Node, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=0")
 	out, err = b.run(l.Node, map[string]string{"/manifests": dir}, "/usr/local/bin/switchyard",
 		"--manifests=/manifests", "--hostname-override=node-a", "--once", "-v=2")
 	if err != nil {
@@ -234,15 +237,20 @@ func TestImageRunsAndSyncs(t *testing.T) {
 	if !strings.Contains(save, ":SWY-") || !strings.Contains(save, "10.244.0.11:80") {
 		t.Fatalf("the namespace's nft rules lack switchyard's service:\n%s\nswitchyard said:\n%s", save, out)
 	}
-	for _, target := range []string{net.JoinHostPort("10.96.0.80", "80")} {
-		r, err := lab.Dial(l.Node, "tcp", target, 5*time.Second)
-		if err != nil || r.Name != "web-a" {
-			t.Errorf("node -> %s: %v %v", target, r, err)
-		}
+	r, err := lab.Dial(l.Node, "tcp", "10.96.0.80:80", 5*time.Second)
+	if err != nil || r.Name != "web-a" {
+		t.Errorf("node -> cluster IP: %v %v", r, err)
 	}
-	r, err := lab.Dial(l.Outside, "tcp", net.JoinHostPort(l.NodeIP.String(), "30080"), 5*time.Second)
+	r, err = lab.Dial(l.Outside, "tcp", net.JoinHostPort(l.NodeIP.String(), "30080"), 5*time.Second)
 	if err != nil || r.Name != "web-a" {
 		t.Errorf("outside -> node port: %v %v", r, err)
+	}
+	if got := strings.TrimSpace(l.MustExec(l.Node, "sysctl", "-n", "net.ipv4.conf.all.route_localnet")); got != "1" {
+		t.Errorf("route_localnet is %s after the sync, want 1; switchyard said:\n%s", got, out)
+	}
+	r, err = lab.Dial(l.Node, "tcp", "127.0.0.1:30080", 5*time.Second)
+	if err != nil || r.Name != "web-a" {
+		t.Errorf("node -> 127.0.0.1 node port: %v %v", r, err)
 	}
 
 	// The wrapper: an empty node's flavour is nft, and iptables-save in
