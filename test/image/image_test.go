@@ -14,9 +14,12 @@ package image_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -24,6 +27,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -124,10 +128,11 @@ func grantableCaps(t *testing.T) []string {
 	return caps
 }
 
-// run starts the image's rootfs with args in network namespace netns (as a
-// hostNetwork pod), with the host folder mounts[dst] bind-mounted at dst,
-// waits for it and returns its combined output.
-func (b *bundle) run(netns string, mounts map[string]string, args ...string) (string, error) {
+// command prepares the image's rootfs to run args in network namespace
+// netns (as a hostNetwork pod), with the host folder mounts[dst]
+// bind-mounted at dst, and returns the runc command that runs it in the
+// foreground, and the container's ID.
+func (b *bundle) command(netns string, mounts map[string]string, args ...string) (*exec.Cmd, string) {
 	b.t.Helper()
 	cfg := b.config
 	proc := cfg["process"].(map[string]any)
@@ -160,16 +165,22 @@ func (b *bundle) run(netns string, mounts map[string]string, args ...string) (st
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(b.dir, "config.json"), raw, 0o644); err != nil {
+	if err = os.WriteFile(filepath.Join(b.dir, "config.json"), raw, 0o644); err != nil {
 		b.t.Fatal(err)
 	}
 	b.containerID++
 	id := fmt.Sprintf("swy-image-%d-%d", os.Getpid(), b.containerID)
 	b.t.Cleanup(func() { _ = exec.Command("runc", "--root", b.state, "delete", "--force", id).Run() })
-	cmd := exec.Command("runc", "--root", b.state, "run", "--bundle", b.dir, id)
+	return exec.Command("runc", "--root", b.state, "run", "--bundle", b.dir, id), id
+}
+
+// run runs the container (see command) to its end and returns its output.
+func (b *bundle) run(netns string, mounts map[string]string, args ...string) (string, error) {
+	b.t.Helper()
+	cmd, _ := b.command(netns, mounts, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err = cmd.Run()
+	err := cmd.Run()
 	return out.String(), err
 }
 
@@ -325,4 +336,119 @@ func TestImageFormats(t *testing.T) {
 	if out, err := exec.Command("skopeo", "copy", "-q", "docker-archive:"+archive, "oci:"+dst+":x").CombinedOutput(); err != nil {
 		t.Fatalf("skopeo copy the docker-archive: %v\n%s", err, out)
 	}
+}
+
+// TestImageRunsAsDaemon runs the image as its DaemonSet does, a
+// long-running switchyard (here from a manifest folder instead of the API
+// server): /livez answers on the healthz port, the metrics port serves
+// kube-proxy's series, traffic flows, and SIGTERM ends it cleanly.
+func TestImageRunsAsDaemon(t *testing.T) {
+	img := layout(t)
+	l := lab.New(t, lab.Spec{Pods: []lab.Pod{{Name: "web-a", IP: mustAddr("10.244.0.11")}}})
+	b := unpack(t, img)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "objects.yaml"), []byte(objects), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// --conntrack-max-per-core=0: nf_conntrack_max and the hashsize are
+	// global to the host, which a test must not change.
+	cmd, id := b.command(l.Node, map[string]string{"/manifests": dir}, "/usr/local/bin/switchyard",
+		"--manifests=/manifests", "--hostname-override=node-a", "--conntrack-max-per-core=0")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("runc run: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = exec.Command("runc", "--root", b.state, "kill", id, "KILL").Run()
+			<-done
+		}
+	})
+
+	var body string
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		code, b, err := httpGet(l.Node, "http://127.0.0.1:10256/livez")
+		if err == nil && code == 200 {
+			body = b
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/livez did not answer 200 (last: %d %v); switchyard said:\n%s", code, err, out.String())
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("switchyard exited: %v\n%s", err, out.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if !strings.Contains(body, `"lastUpdated"`) {
+		t.Errorf("/livez body: %s", body)
+	}
+	if _, metrics, err := httpGet(l.Node, "http://127.0.0.1:10249/metrics"); err != nil ||
+		!strings.Contains(metrics, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") {
+		t.Errorf("metrics: %v\n%.2000s", err, metrics)
+	}
+	if r, err := lab.Dial(l.Node, "tcp", "10.96.0.80:80", 5*time.Second); err != nil || r.Name != "web-a" {
+		t.Errorf("node -> cluster IP: %v %v", r, err)
+	}
+
+	if out, err := exec.Command("runc", "--root", b.state, "kill", id, "TERM").CombinedOutput(); err != nil {
+		t.Fatalf("runc kill TERM: %v %s", err, out)
+	}
+	select {
+	case err := <-done:
+		stopped = true
+		if err != nil {
+			t.Errorf("switchyard did not exit cleanly on SIGTERM: %v\n%s", err, out.String())
+		}
+		t.Logf("switchyard said:\n%s", out.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("switchyard did not stop within 60s of SIGTERM:\n%s", out.String())
+	}
+}
+
+// httpGet fetches url from inside network namespace ns.
+func httpGet(ns, url string) (int, string, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := lab.InNS(ns, func() error {
+				var err error
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's output and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
