@@ -4,7 +4,8 @@
 // It checks `switchyard --version`, a real `--once` sync (SWY- rules in the
 // namespace, traffic to a cluster IP and a node port reaching the pod) and
 // the iptables wrapper's choice of flavour (nft on an empty node; legacy
-// where kubelet's hint chain is in iptables-legacy).
+// where kubelet's hint chain is in iptables-legacy); and a long-running
+// switchyard as its DaemonSet runs it (health, metrics, SIGTERM).
 //
 // It needs root, umoci, runc and skopeo, and SWY_IMAGE_LAYOUT (and
 // SWY_IMAGE_ARCHIVE, the docker-archive) pointing at what
