@@ -4,14 +4,14 @@
 // images do.
 //
 // The image links those six names to this program. On its first run it
-// decides the flavour:
+// decides the flavour with internal/iptexec.Detect, the rule of switchyard's
+// own --iptables-backend=auto:
 //
 //  1. kubelet's hint chains (KUBE-IPTABLES-HINT, or the older
 //     KUBE-KUBELET-CANARY) in the mangle table: the flavour holding them is
 //     the one kubelet uses (nft looked at first);
 //  2. otherwise the flavour holding more rules in both families wins, nft on
-//     a tie (internal/iptexec.Detect, the same rule as switchyard's
-//     --iptables-backend=auto).
+//     a tie.
 //
 // It then re-points the six links at xtables-<flavour>-multi, so later calls
 // do not come here again, and executes the command it was called as. When
@@ -22,7 +22,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -31,7 +30,6 @@ import (
 	"time"
 
 	"github.com/switchyard-proxy/switchyard/internal/iptexec"
-	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
 // names are the commands the wrapper stands in for.
@@ -39,10 +37,6 @@ var names = []string{
 	"iptables", "iptables-save", "iptables-restore",
 	"ip6tables", "ip6tables-save", "ip6tables-restore",
 }
-
-// hintChains are the chains kubelet creates in the mangle table of the
-// flavour it uses.
-var hintChains = [][]byte{[]byte(":KUBE-IPTABLES-HINT "), []byte(":KUBE-KUBELET-CANARY ")}
 
 func main() {
 	if err := run(); err != nil {
@@ -59,10 +53,10 @@ func run() error {
 	called := filepath.Base(os.Args[0])
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	mode, err := decide(ctx, &iptexec.CommandExecutor{})
+	mode, err := iptexec.Detect(ctx, &iptexec.CommandExecutor{})
 	cancel()
 	if err != nil {
-		return err
+		return fmt.Errorf("pick the iptables flavour: %w", err)
 	}
 	multi := filepath.Join(dir, "xtables-"+string(mode)+"-multi")
 	if !isWrapped(called) {
@@ -86,28 +80,6 @@ func isWrapped(name string) bool {
 		}
 	}
 	return false
-}
-
-// decide picks the flavour: kubelet's hint first, then the rule counts.
-func decide(ctx context.Context, ex iptexec.Executor) (iptexec.Mode, error) {
-	for _, m := range []iptexec.Mode{iptexec.ModeNFT, iptexec.ModeLegacy} {
-		for _, f := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
-			out, _, err := ex.Run(ctx, nil, iptexec.ToolsFor(m, f).Save, "-t", "mangle")
-			if err != nil {
-				continue
-			}
-			for _, h := range hintChains {
-				if bytes.Contains(out, h) {
-					return m, nil
-				}
-			}
-		}
-	}
-	m, err := iptexec.Detect(ctx, ex)
-	if err != nil {
-		return "", fmt.Errorf("pick the iptables flavour: %w", err)
-	}
-	return m, nil
 }
 
 // relink points every wrapped name in dir at target, each atomically (a

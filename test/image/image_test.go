@@ -4,7 +4,8 @@
 // It checks `switchyard --version`, a real `--once` sync (SWY- rules in the
 // namespace, traffic to a cluster IP and a node port reaching the pod) and
 // the iptables wrapper's choice of flavour (nft on an empty node; legacy
-// where kubelet's hint chain is in iptables-legacy); and a long-running
+// where kubelet's hint chain is in iptables-legacy, and switchyard then
+// writes iptables-legacy too); and a long-running
 // switchyard as its DaemonSet runs it (health, metrics, SIGTERM).
 //
 // It needs root, umoci, runc and skopeo, and SWY_IMAGE_LAYOUT (and
@@ -304,6 +305,24 @@ func TestImageWrapperFollowsKubeletsHint(t *testing.T) {
 		if got := b.link(n); got != "xtables-legacy-multi" {
 			t.Errorf("wrapper linked %s to %q, want xtables-legacy-multi", n, got)
 		}
+	}
+	// switchyard's own --iptables-backend=auto follows the same hint.
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "objects.yaml"), []byte(objects), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := b.run(ns, map[string]string{"/manifests": dir}, "/usr/local/bin/switchyard",
+		"--manifests=/manifests", "--hostname-override=node-a", "--once"); err != nil {
+		t.Fatalf("switchyard --once: %v\n%s", err, out)
+	}
+	if save, err := exec.Command("ip", "netns", "exec", ns, "iptables-legacy-save", "-t", "nat").CombinedOutput(); err != nil || !strings.Contains(string(save), ":SWY-") {
+		t.Errorf("switchyard did not write iptables-legacy on a legacy node: %v\n%s", err, save)
+	}
+	if save, _ := exec.Command("ip", "netns", "exec", ns, "iptables-nft-save", "-t", "nat").CombinedOutput(); strings.Contains(string(save), "SWY-") {
+		t.Errorf("switchyard wrote iptables-nft on a legacy node:\n%s", save)
+	}
+	if out, err := b.run(ns, nil, "/usr/local/bin/switchyard", "--cleanup"); err != nil {
+		t.Fatalf("switchyard --cleanup: %v\n%s", err, out)
 	}
 	b.resetLinks()
 	// Without the hint, both empty: nft.
