@@ -25,8 +25,8 @@ for p in $PKGS; do
 done
 if [ -n "$missing" ]; then
 	echo ">> downloading Debian packages:$missing"
-	( cd "$debs" && apt-get download -qq $missing ) || {
-		apt-get update -qq && ( cd "$debs" && apt-get download -qq $missing )
+	( cd "$debs" && apt-get download -o APT::Sandbox::User=root -qq $missing ) || {
+		apt-get update -qq && ( cd "$debs" && apt-get download -o APT::Sandbox::User=root -qq $missing )
 	}
 fi
 
