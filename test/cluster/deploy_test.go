@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -218,8 +219,16 @@ func TestDeploy(t *testing.T) {
 				}
 			})
 
+			if set.dir == "kube-proxy-names" {
+				// A kubeadm cluster: kubeadm's own kube-proxy DaemonSet is
+				// there; the set replaces it in place.
+				createKubeadmKubeProxy(ctx, t, c)
+			}
 			if err := c.Apply(ctx, objs, false); err != nil {
 				t.Fatalf("apply: %v", err)
+			}
+			if set.dir == "kube-proxy-names" {
+				checkReplacedKubeadm(ctx, t, c, find(objs, "DaemonSet"))
 			}
 			if _, err := c.Client.AppsV1().DaemonSets("kube-system").Get(ctx, set.daemonSet, metav1.GetOptions{}); err != nil {
 				t.Fatalf("DaemonSet not stored: %v", err)
@@ -229,6 +238,92 @@ func TestDeploy(t *testing.T) {
 		})
 	}
 }
+
+// createKubeadmKubeProxy creates kube-proxy's ServiceAccount and DaemonSet
+// as kubeadm's addon does (cmd/kubeadm/app/phases/addons/proxy), owned by
+// the field manager "kubeadm".
+func createKubeadmKubeProxy(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	opts := metav1.CreateOptions{FieldManager: "kubeadm"}
+	if _, err := c.Client.CoreV1().ServiceAccounts("kube-system").Create(ctx,
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "kube-proxy"}}, opts); err != nil {
+		t.Fatalf("kubeadm's ServiceAccount: %v", err)
+	}
+	labels := map[string]string{"k8s-app": "kube-proxy"}
+	hostPathType := corev1.HostPathFileOrCreate
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "kube-proxy", Namespace: "kube-system", Labels: labels},
+		Spec: appsv1.DaemonSetSpec{
+			Selector:       &metav1.LabelSelector{MatchLabels: labels},
+			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					PriorityClassName: "system-node-critical",
+					Containers: []corev1.Container{{
+						Name: "kube-proxy", Image: "registry.k8s.io/kube-proxy:v1.37.2", ImagePullPolicy: corev1.PullIfNotPresent,
+						Command:         []string{"/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf", "--hostname-override=$(NODE_NAME)"},
+						SecurityContext: &corev1.SecurityContext{Privileged: ptr(true)},
+						VolumeMounts: []corev1.VolumeMount{
+							{MountPath: "/var/lib/kube-proxy", Name: "kube-proxy"},
+							{MountPath: "/run/xtables.lock", Name: "xtables-lock"},
+							{MountPath: "/lib/modules", Name: "lib-modules", ReadOnly: true},
+						},
+						Env: []corev1.EnvVar{{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{
+							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}}},
+					}},
+					HostNetwork:        true,
+					ServiceAccountName: "kube-proxy",
+					Volumes: []corev1.Volume{
+						{Name: "kube-proxy", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+							LocalObjectReference: corev1.LocalObjectReference{Name: "kube-proxy"}}}},
+						{Name: "xtables-lock", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+							Path: "/run/xtables.lock", Type: &hostPathType}}},
+						{Name: "lib-modules", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/lib/modules"}}},
+					},
+					Tolerations:  []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+					NodeSelector: map[string]string{"kubernetes.io/os": "linux"},
+				},
+			},
+		},
+	}
+	if _, err := c.Client.AppsV1().DaemonSets("kube-system").Create(ctx, ds, opts); err != nil {
+		t.Fatalf("kubeadm's DaemonSet: %v", err)
+	}
+}
+
+// checkReplacedKubeadm checks that applying the kube-proxy-names set over
+// kubeadm's DaemonSet left switchyard's pod spec: its command (kubeadm's
+// is gone), image, probe, and no duplicated volume.
+func checkReplacedKubeadm(ctx context.Context, t *testing.T, c *cluster.Cluster, want *unstructured.Unstructured) {
+	t.Helper()
+	ds, err := c.Client.AppsV1().DaemonSets("kube-system").Get(ctx, "kube-proxy", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	containers, _, _ := unstructured.NestedSlice(want.Object, "spec", "template", "spec", "containers")
+	wantCmd, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "command")
+	wantImage, _, _ := unstructured.NestedString(containers[0].(map[string]any), "image")
+	spec := ds.Spec.Template.Spec
+	if len(spec.Containers) != 1 {
+		t.Fatalf("containers after apply: %d", len(spec.Containers))
+	}
+	ctr := spec.Containers[0]
+	if !slices.Equal(ctr.Command, wantCmd) || len(ctr.Args) != 0 || ctr.Image != wantImage || ctr.LivenessProbe == nil {
+		t.Errorf("after applying over kubeadm's DaemonSet: command %v args %v image %s probe %v; want command %v image %s",
+			ctr.Command, ctr.Args, ctr.Image, ctr.LivenessProbe, wantCmd, wantImage)
+	}
+	var vols []string
+	for _, v := range spec.Volumes {
+		vols = append(vols, v.Name)
+	}
+	slices.Sort(vols)
+	if !slices.Equal(vols, []string{"kube-proxy", "lib-modules", "xtables-lock"}) {
+		t.Errorf("volumes after apply: %v", vols)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // testKubeconfig fills kubeconfig.conf's placeholder with the test API
 // server's address, puts the ServiceAccount's token and the cluster's CA
