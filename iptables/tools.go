@@ -10,8 +10,9 @@ type Mode = iptexec.Mode
 
 // The flavours (see internal/iptexec).
 const (
-	// ModeAuto picks the implementation that already holds more rules on
-	// this node (nft on a tie), like kube-proxy's iptables-wrapper.
+	// ModeAuto picks the implementation kubelet's hint chain names, else
+	// the one that already holds more rules on this node (nft on a tie),
+	// like kube-proxy's iptables-wrapper.
 	ModeAuto = iptexec.ModeAuto
 	// ModeNFT uses iptables-nft (the nf_tables kernel API).
 	ModeNFT = iptexec.ModeNFT

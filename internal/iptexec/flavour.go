@@ -12,8 +12,9 @@ import (
 type Mode string
 
 const (
-	// ModeAuto picks the implementation that already holds more rules on
-	// this node (nft on a tie), like kube-proxy's iptables-wrapper.
+	// ModeAuto picks the implementation kubelet's hint chain names, else
+	// the one that already holds more rules on this node (nft on a tie),
+	// like kube-proxy's iptables-wrapper (see Detect).
 	ModeAuto Mode = "auto"
 	// ModeNFT uses iptables-nft (the nf_tables kernel API).
 	ModeNFT Mode = "nft"
@@ -40,10 +41,16 @@ func ToolsFor(m Mode, f proxier.IPFamily) Tools {
 	return Tools{IPTables: base, Save: base + "-save", Restore: base + "-restore", NFT: m == ModeNFT}
 }
 
-// countRules runs the save tool of mode m for both families and counts rule
-// lines. It returns -1 when neither tool could run.
-func countRules(ctx context.Context, ex Executor, m Mode) int {
-	n, ran := 0, false
+// kubeletHints are the chains kubelet creates in the mangle table of the
+// iptables flavour it uses (KUBE-IPTABLES-HINT; KUBE-KUBELET-CANARY in
+// older kubelets): the host's own statement of its flavour.
+var kubeletHints = [][]byte{[]byte(":KUBE-IPTABLES-HINT "), []byte(":KUBE-KUBELET-CANARY ")}
+
+// scan runs the save tool of mode m for both families and counts rule
+// lines; hint reports a kubelet hint chain. rules is -1 when neither tool
+// could run.
+func scan(ctx context.Context, ex Executor, m Mode) (rules int, hint bool) {
+	ran := false
 	for _, f := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
 		out, _, err := ex.Run(ctx, nil, ToolsFor(m, f).Save)
 		if err != nil {
@@ -52,24 +59,33 @@ func countRules(ctx context.Context, ex Executor, m Mode) int {
 		ran = true
 		for _, line := range bytes.Split(out, []byte("\n")) {
 			if bytes.HasPrefix(line, []byte("-A ")) {
-				n++
+				rules++
+			}
+			for _, h := range kubeletHints {
+				hint = hint || bytes.HasPrefix(line, h)
 			}
 		}
 	}
 	if !ran {
-		return -1
+		return -1, false
 	}
-	return n
+	return rules, hint
 }
 
-// Detect resolves ModeAuto: the flavour holding more rules (both families)
-// wins, nft on a tie; a flavour whose tools do not run loses.
+// Detect resolves ModeAuto as kube-proxy's iptables-wrapper does: the
+// flavour holding kubelet's hint chain (nft looked at first); otherwise the
+// flavour holding more rules (both families) wins, nft on a tie; a flavour
+// whose tools do not run loses.
 func Detect(ctx context.Context, ex Executor) (Mode, error) {
-	legacy := countRules(ctx, ex, ModeLegacy)
-	nft := countRules(ctx, ex, ModeNFT)
+	legacy, legacyHint := scan(ctx, ex, ModeLegacy)
+	nft, nftHint := scan(ctx, ex, ModeNFT)
 	switch {
 	case legacy < 0 && nft < 0:
 		return "", fmt.Errorf("neither iptables-nft-save nor iptables-legacy-save runs")
+	case nftHint:
+		return ModeNFT, nil
+	case legacyHint:
+		return ModeLegacy, nil
 	case legacy > nft:
 		return ModeLegacy, nil
 	default:

@@ -98,6 +98,9 @@ func TestDetect(t *testing.T) {
 		{"legacy holds more", scripted{"iptables-legacy-save": {out: two}, "iptables-nft-save": {out: one}}, ModeLegacy},
 		{"tie is nft", scripted{"iptables-legacy-save": {out: one}, "iptables-nft-save": {out: one}}, ModeNFT},
 		{"only nft runs", scripted{"iptables-nft-save": {}}, ModeNFT},
+		{"kubelet's hint in legacy beats nft's rules", scripted{"iptables-legacy-save": {out: "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n"}, "iptables-nft-save": {out: two}}, ModeLegacy},
+		{"older kubelet's canary in legacy", scripted{"iptables-legacy-save": {out: "*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n"}, "iptables-nft-save": {out: one}}, ModeLegacy},
+		{"hints in both: nft", scripted{"iptables-legacy-save": {out: "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\n" + two[len("*filter\n"):]}, "iptables-nft-save": {out: "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n"}}, ModeNFT},
 	} {
 		got, err := Detect(context.Background(), tc.ex)
 		if err != nil || got != tc.want {

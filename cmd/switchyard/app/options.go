@@ -226,7 +226,7 @@ func (o *Options) addFlags(fs *pflag.FlagSet, daemon bool) {
 	fs.StringVar(&o.IPVSScheduler, "ipvs-scheduler", o.IPVSScheduler, "the IPVS scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh)")
 	fs.BoolVar(&o.IPVSStrictARP, "ipvs-strict-arp", o.IPVSStrictARP, "set arp_ignore=1 and arp_announce=2 so the node does not answer ARP for service VIPs (as kube-proxy's --ipvs-strict-arp)")
 	fs.DurationVar(&o.IPVSGracePeriod, "ipvs-grace-period", o.IPVSGracePeriod, "how long a removed IPVS real server keeps its connections (weight 0) before it is deleted; 0 means 15m")
-	fs.StringVar(&o.IPTablesBackend, "iptables-backend", o.IPTablesBackend, "iptables flavour: auto (the one holding more rules), nft or legacy")
+	fs.StringVar(&o.IPTablesBackend, "iptables-backend", o.IPTablesBackend, "iptables flavour: auto (the one kubelet's hint chain names, else the one holding more rules), nft or legacy")
 	fs.StringVar(&o.HostPortMode, "hostport-mode", o.HostPortMode, "pods' hostPorts: on (switchyard programs and reserves them), off (left to the CNI portmap plugin), auto (off when portmap's CNI-HOSTPORT-DNAT chain exists at the first sync, else on)")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (filters switchyard's own records; debug also means -v=4; default info, or debug at -v=4 and up)")
 	fs.BoolVar(&o.LocalhostNodePorts, "iptables-localhost-nodeports", o.LocalhostNodePorts, "if false, node ports are not reachable on 127.0.0.1 (iptables mode, IPv4 only)")
