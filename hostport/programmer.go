@@ -175,7 +175,7 @@ func (p *Programmer) syncFamily(ctx context.Context, snap *proxier.Snapshot, res
 		if old != nil {
 			return nil
 		}
-		if err := p.removeChains(ctx, fam); err != nil {
+		if _, err := p.removeChains(ctx, fam); err != nil {
 			return err
 		}
 		p.written[fam] = &Plan{Family: fam}
@@ -190,8 +190,13 @@ func (p *Programmer) syncFamily(ctx context.Context, snap *proxier.Snapshot, res
 		if old != nil && len(old.Mappings) == 0 && !snap.FullSync {
 			return nil
 		}
-		if err := p.removeChains(ctx, fam); err != nil {
+		n, err := p.removeChains(ctx, fam)
+		if err != nil {
 			return err
+		}
+		if n > 0 {
+			res.Wrote = true
+			res.Bytes += n
 		}
 		p.written[fam] = plan
 		return nil
@@ -432,29 +437,30 @@ func (p *Programmer) Cleanup(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, fam := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
-		errs = append(errs, p.removeChains(ctx, fam))
+		_, err := p.removeChains(ctx, fam)
+		errs = append(errs, err)
 		p.written[fam] = nil
 	}
 	p.release(nil)
 	return errors.Join(errs...)
 }
 
-func (p *Programmer) removeChains(ctx context.Context, fam proxier.IPFamily) error {
+func (p *Programmer) removeChains(ctx context.Context, fam proxier.IPFamily) (int, error) {
 	t, err := p.tools(ctx, fam)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	saved, err := iptexec.Save(ctx, p.cfg.Executor, t, "nat", ChainPrefix)
 	if err != nil {
-		return fmt.Errorf("hostport cleanup %s: %w", fam, err)
+		return 0, fmt.Errorf("hostport cleanup %s: %w", fam, err)
 	}
 	text := iptexec.DeleteText("nat", saved, false)
 	if text == "" {
-		return nil
+		return 0, nil
 	}
 	if err := iptexec.Restore(ctx, p.cfg.Executor, t, []byte(text)); err != nil {
-		return fmt.Errorf("hostport cleanup %s: %w", fam, err)
+		return 0, fmt.Errorf("hostport cleanup %s: %w", fam, err)
 	}
 	p.log.Info("removed host-port chains", "family", fam.String(), "chains", len(saved.Own))
-	return nil
+	return len(text), nil
 }
