@@ -170,6 +170,9 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 	for _, s := range snaps {
 		t := toolsFor(mode, s.Family)
 		r, err := b.syncFamily(ctx, t, s)
+		if err == nil {
+			res.IPTables = append(res.IPTables, b.tableTotals(s.Family, r.IPTables)...)
+		}
 		res.Full = res.Full || r.Full
 		res.Wrote = res.Wrote || r.Wrote
 		res.Bytes += r.Bytes
@@ -188,6 +191,38 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 }
 
 func (b *Backend) hash(s string) uint64 { return maphash.String(b.seed, s) }
+
+// writtenPerTable counts what a restore input writes, per table.
+func writtenPerTable(w *restoreWriter, fam proxier.IPFamily) []proxier.TableRules {
+	out := make([]proxier.TableRules, 0, len(tableOrder))
+	for _, t := range tableOrder {
+		out = append(out, proxier.TableRules{Family: fam, Table: t, Written: w.tableRules(t)})
+	}
+	return out
+}
+
+// tableTotals completes a family's per-table counts (written, from the
+// sync; nothing when it wrote nothing) with the rules the mode owns now,
+// from the chains it keeps track of.
+func (b *Backend) tableTotals(fam proxier.IPFamily, written []proxier.TableRules) []proxier.TableRules {
+	total := map[string]int{}
+	if st := b.state[fam]; st != nil {
+		for id, rec := range st.chains {
+			total[id.table] += rec.sum.Rules
+		}
+	}
+	out := make([]proxier.TableRules, 0, len(tableOrder))
+	for _, t := range tableOrder {
+		tr := proxier.TableRules{Family: fam, Table: t, Total: total[t]}
+		for _, w := range written {
+			if w.Table == t {
+				tr.Written = w.Written
+			}
+		}
+		out = append(out, tr)
+	}
+	return out
+}
 
 func (b *Backend) record(c *chain) chainRec {
 	return chainRec{hash: b.hash(c.body), sum: iptexec.SumBody(c.body)}
@@ -280,6 +315,7 @@ func (b *Backend) fullSync(ctx context.Context, t tools, r *renderer, st *family
 		return res, err
 	}
 	res.Wrote, res.Bytes, res.Rules = true, len(text), rules
+	res.IPTables = writtenPerTable(w, r.snap.Family)
 
 	st.chains = make(map[chainID]chainRec, len(fixed)+len(svcs)*4)
 	for _, table := range tableOrder {
@@ -466,6 +502,7 @@ func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *fam
 	}
 	commit()
 	res.Wrote, res.Bytes, res.Rules = true, len(text), rules
+	res.IPTables = writtenPerTable(w, snap.Family)
 	if !d.empty() {
 		res.Repaired = d.repaired()
 		d.log(b.log, snap.Family)

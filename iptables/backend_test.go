@@ -478,3 +478,40 @@ func TestNewRejectsUnknownMode(t *testing.T) {
 		t.Fatal("New accepted an unknown mode")
 	}
 }
+
+// The per-table counts behind kube-proxy's sync_proxy_rules_iptables_total
+// and _last: a full sync writes every rule it owns; an idle sync writes
+// none and still reports the totals.
+func TestTableRuleCounts(t *testing.T) {
+	k := newFakeKernel()
+	b, _ := newFakeBackend(t, k, ModeNFT)
+	s := webSnapshot(ep("10.244.1.5:8080", true), ep("10.244.2.5:8080", false))
+	first := mustSync(t, b, s)
+	text, _ := Render([]*proxier.Snapshot{s})
+	want := map[string]int{}
+	table := ""
+	for _, l := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(l, "*"):
+			table = l[1:]
+		case strings.HasPrefix(l, "-A "):
+			want[table]++
+		}
+	}
+	if len(first.IPTables) != 2 {
+		t.Fatalf("counts %+v, want filter and nat", first.IPTables)
+	}
+	for _, tr := range first.IPTables {
+		if tr.Total != want[tr.Table] || tr.Written < tr.Total {
+			t.Errorf("first sync %s: total %d written %d, want total %d (all written)", tr.Table, tr.Total, tr.Written, want[tr.Table])
+		}
+	}
+	idle := s
+	idle.FullSync, idle.Changed = false, map[proxier.ServicePortName]bool{}
+	again := mustSync(t, b, idle)
+	for _, tr := range again.IPTables {
+		if tr.Written != 0 || tr.Total != want[tr.Table] {
+			t.Errorf("idle sync %s: total %d written %d, want %d and 0", tr.Table, tr.Total, tr.Written, want[tr.Table])
+		}
+	}
+}

@@ -493,6 +493,15 @@ func (w *restoreWriter) empty() bool {
 	return true
 }
 
+// tableRules counts the rules the input writes to table.
+func (w *restoreWriter) tableRules(table string) int {
+	n := len(w.jumps[table])
+	for _, c := range w.write[table] {
+		n += c.rules
+	}
+	return n
+}
+
 // chainsNamed counts the chains the input declares in table.
 func (w *restoreWriter) chainsNamed(table string) int {
 	return len(w.write[table]) + len(w.delete[table])

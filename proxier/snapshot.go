@@ -402,9 +402,23 @@ type SyncResult struct {
 	Bytes int
 	// Rules counts the rules, virtual servers or elements written.
 	Rules int
+	// IPTables counts rules per family and table (iptables mode only).
+	IPTables []TableRules `json:",omitempty"`
 	// Repaired counts, per kind ("chain", "jump", "virtual-server", ...),
 	// what the backend found changed behind its back and rewrote.
 	Repaired map[string]int
+}
+
+// TableRules counts the iptables rules of one table and family (the
+// iptables mode's kube-proxy metrics sync_proxy_rules_iptables_total and
+// _last).
+type TableRules struct {
+	Family IPFamily
+	Table  string
+	// Total is every rule the mode owns in the table after the sync.
+	Total int
+	// Written is the rules the sync wrote to the table.
+	Written int
 }
 
 // Backend programs the kernel for one proxy mode. Sync receives one snapshot

@@ -81,12 +81,17 @@ type Metrics struct {
 	servicePending      prometheus.Gauge
 	serviceTotal        prometheus.Counter
 	modeFailures        *prometheus.CounterVec // nil when the mode has none
-	noLocalEndpoints    *prometheus.GaugeVec
-	nodePortConflicts   *prometheus.GaugeVec
-	healthzTotal        *prometheus.CounterVec
-	livezTotal          *prometheus.CounterVec
-	conntrackDuration   *prometheus.HistogramVec
-	conntrackDeleted    *prometheus.CounterVec
+	// The iptables mode's: partial restore failures and rules per table
+	// (nil in other modes, as upstream registers them for iptables only).
+	partialFailures   *prometheus.CounterVec
+	iptablesTotal     *prometheus.GaugeVec
+	iptablesLast      *prometheus.GaugeVec
+	noLocalEndpoints  *prometheus.GaugeVec
+	nodePortConflicts *prometheus.GaugeVec
+	healthzTotal      *prometheus.CounterVec
+	livezTotal        *prometheus.CounterVec
+	conntrackDuration *prometheus.HistogramVec
+	conntrackDeleted  *prometheus.CounterVec
 
 	syncFailures *prometheus.CounterVec
 	syncs        *prometheus.CounterVec
@@ -141,6 +146,15 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 	m.conntrackDuration = hist("conntrack_reconciler_sync_duration_seconds", "ReconcileConntrackFlowsLatency latency in seconds", SyncBuckets)
 	m.conntrackDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "conntrack_reconciler_deleted_entries_total",
 		Help: alpha("Cumulative conntrack flows deleted by conntrack reconciler")}, fam)
+	if mode == "iptables" {
+		m.partialFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_iptables_partial_restore_failures_total",
+			Help: alpha("Cumulative proxy iptables partial restore failures")}, fam)
+		tf := []string{"table", "ip_family"}
+		m.iptablesTotal = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_iptables_total",
+			Help: alpha("Total number of iptables rules owned by kube-proxy")}, tf)
+		m.iptablesLast = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_iptables_last",
+			Help: alpha("Number of iptables rules written by kube-proxy in last sync")}, tf)
+	}
 	switch mode {
 	case "iptables", "ipvs":
 		m.modeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sync_proxy_rules_iptables_restore_failures_total",
@@ -171,6 +185,9 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 		m.noLocalEndpoints, m.nodePortConflicts, m.healthzTotal, m.livezTotal, m.conntrackDuration, m.conntrackDeleted,
 		m.syncFailures, m.syncs, m.lastBytes, m.lastRules,
 	)
+	if m.partialFailures != nil {
+		m.reg.MustRegister(m.partialFailures, m.iptablesTotal, m.iptablesLast)
+	}
 	if m.modeFailures != nil {
 		m.reg.MustRegister(m.modeFailures)
 	}
@@ -183,6 +200,9 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 		m.lastQueued.WithLabelValues(f)
 		m.conntrackDuration.WithLabelValues(f)
 		m.conntrackDeleted.WithLabelValues(f)
+		if m.partialFailures != nil {
+			m.partialFailures.WithLabelValues(f)
+		}
 		if m.modeFailures != nil {
 			m.modeFailures.WithLabelValues(f)
 		}
@@ -230,6 +250,12 @@ func (m *Metrics) SyncSucceeded(full bool, took time.Duration, res proxier.SyncR
 	for kind, n := range res.Repaired {
 		m.driftRepairs.WithLabelValues(kind).Add(float64(n))
 	}
+	if m.iptablesTotal != nil {
+		for _, tr := range res.IPTables {
+			m.iptablesTotal.WithLabelValues(tr.Table, tr.Family.String()).Set(float64(tr.Total))
+			m.iptablesLast.WithLabelValues(tr.Table, tr.Family.String()).Set(float64(tr.Written))
+		}
+	}
 }
 
 // SyncFailed records a failed sync. As in kube-proxy, its duration is
@@ -240,6 +266,13 @@ func (m *Metrics) SyncFailed(full bool, took time.Duration) {
 	m.observeDuration(full, took)
 	m.syncs.WithLabelValues(syncType(full), "failure").Inc()
 	m.syncFailures.WithLabelValues(syncType(full)).Inc()
+	if !full && m.partialFailures != nil {
+		// A failed partial sync: the next one is full (upstream counts its
+		// partial restore failures the same way).
+		for _, f := range m.families {
+			m.partialFailures.WithLabelValues(f).Inc()
+		}
+	}
 	if m.modeFailures != nil {
 		for _, f := range m.families {
 			m.modeFailures.WithLabelValues(f).Inc()

@@ -459,3 +459,34 @@ func TestConntrackReconciled(t *testing.T) {
 		t.Errorf("IPv6 deleted entries = %v, want 0 (present from the start)", v)
 	}
 }
+
+// The iptables mode's per-table rule gauges and partial restore failure
+// counter, with upstream's names and labels; other modes lack them.
+func TestIPTablesRuleMetrics(t *testing.T) {
+	m := New("iptables", proxier.IPv4)
+	base := serve(t, m)
+	m.SyncSucceeded(true, time.Millisecond, proxier.SyncResult{Wrote: true, IPTables: []proxier.TableRules{
+		{Family: proxier.IPv4, Table: "nat", Total: 40, Written: 12},
+		{Family: proxier.IPv4, Table: "filter", Total: 7, Written: 0},
+	}}, time.Now())
+	m.SyncFailed(false, time.Millisecond)
+	m.SyncFailed(true, time.Millisecond)
+	fams := scrape(t, base)
+	for name, want := range map[string]float64{"kubeproxy_sync_proxy_rules_iptables_total": 40, "kubeproxy_sync_proxy_rules_iptables_last": 12} {
+		if v := value(t, fams, name, map[string]string{"table": "nat", "ip_family": "IPv4"}); v != want {
+			t.Errorf("%s{nat} = %v, want %v", name, v, want)
+		}
+	}
+	if v := value(t, fams, "kubeproxy_sync_proxy_rules_iptables_total", map[string]string{"table": "filter", "ip_family": "IPv4"}); v != 7 {
+		t.Errorf("filter total = %v, want 7", v)
+	}
+	if v := value(t, fams, "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total", map[string]string{"ip_family": "IPv4"}); v != 1 {
+		t.Errorf("partial restore failures = %v, want 1 (the full failure does not count)", v)
+	}
+	ipvsFams := scrape(t, serve(t, New("ipvs", proxier.IPv4)))
+	for _, name := range []string{"kubeproxy_sync_proxy_rules_iptables_total", "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total"} {
+		if _, ok := ipvsFams[name]; ok {
+			t.Errorf("ipvs mode exposes %s", name)
+		}
+	}
+}
