@@ -147,15 +147,7 @@ func (b *Backend) renderOptions() RenderOptions {
 	if err != nil {
 		b.log.Warn("cannot list local addresses; node ports answer on the node IPs only", "err", err)
 	}
-	var local []netip.Addr
-	for _, a := range addrs {
-		a = a.Unmap()
-		if a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsUnspecified() && !a.IsMulticast() {
-			local = append(local, a)
-		}
-	}
-	slices.SortFunc(local, netip.Addr.Compare)
-	return RenderOptions{Scheduler: b.cfg.Scheduler, LocalAddrs: slices.Compact(local)}
+	return RenderOptions{Scheduler: b.cfg.Scheduler, LocalAddrs: nodeport.Usable(addrs)}
 }
 
 // InterfaceAddresses returns the addresses of every interface of this

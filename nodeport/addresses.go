@@ -199,3 +199,18 @@ func LocalAddresses(skip ...string) ([]netip.Addr, error) {
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out), nil
 }
+
+// Usable keeps the addresses node ports can answer on: no loopback,
+// link-local, unspecified or multicast address; unmapped, without zone,
+// sorted and unique.
+func Usable(addrs []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		a = a.Unmap().WithZone("")
+		if a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsUnspecified() && !a.IsMulticast() {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}

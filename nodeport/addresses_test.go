@@ -1,6 +1,7 @@
 package nodeport
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -127,5 +128,14 @@ func TestLocalAddresses(t *testing.T) {
 		if a.Is4In6() || a.Zone() != "" {
 			t.Errorf("LocalAddresses() returned %v, want unmapped and zoneless", a)
 		}
+	}
+}
+
+func TestUsable(t *testing.T) {
+	in := []netip.Addr{netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("fe80::1%eth0"),
+		netip.MustParseAddr("::ffff:192.0.2.1"), netip.MustParseAddr("0.0.0.0"), netip.MustParseAddr("224.0.0.1"),
+		netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("fd00::1")}
+	if got := fmt.Sprint(Usable(in)); got != "[10.0.0.10 192.0.2.1 fd00::1]" {
+		t.Errorf("Usable = %s", got)
 	}
 }

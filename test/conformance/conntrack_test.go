@@ -7,13 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/switchyard-proxy/switchyard/test/echo"
 	"github.com/switchyard-proxy/switchyard/test/lab"
@@ -144,47 +141,15 @@ func (p *udpProbe) answersAfter(t time.Time) []string {
 	return out
 }
 
-// listenUDPIn creates a UDP socket bound to src inside namespace ns (the
-// thread enters ns only while the socket is created).
+// listenUDPIn creates a UDP socket bound to src inside namespace ns.
 func listenUDPIn(ns string, src netip.AddrPort) (*net.UDPConn, error) {
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return nil, fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer target.Close()
-	type result struct {
-		c   *net.UDPConn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("current namespace: %w", err)}
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("enter namespace %s: %w", ns, err)}
-			return
-		}
-		c, lerr := net.ListenUDP("udp", net.UDPAddrFromAddrPort(src))
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: Go discards it with this goroutine.
-			if c != nil {
-				c.Close()
-			}
-			ch <- result{err: fmt.Errorf("leave namespace %s: %w", ns, err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{c: c, err: lerr}
-	}()
-	r := <-ch
-	return r.c, r.err
+	var c *net.UDPConn
+	err := lab.InNS(ns, func() error {
+		var err error
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(src))
+		return err
+	})
+	return c, err
 }
 
 const ctNode = `apiVersion: v1

@@ -7,11 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"syscall"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/switchyard-proxy/switchyard/test/echo"
 )
@@ -88,35 +85,11 @@ func classify(err error) error {
 	return err
 }
 
-// dialIn creates the socket while the calling goroutine's OS thread is in
-// namespace ns. A socket stays in the namespace it was created in, so the
-// thread can return to its own namespace before the connection is used.
+// dialIn creates the socket inside namespace ns (see InNS); a socket
+// stays in the namespace it was created in.
 func dialIn(ns string, src netip.Addr, proto, addr string, timeout time.Duration) (net.Conn, error) {
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return nil, fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer target.Close()
-
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("current namespace: %w", err)}
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("enter namespace %s: %w", ns, err)}
-			return
-		}
+	var c net.Conn
+	err := InNS(ns, func() error {
 		d := &net.Dialer{Timeout: timeout}
 		if src.IsValid() {
 			if proto == "tcp" {
@@ -125,19 +98,9 @@ func dialIn(ns string, src netip.Addr, proto, addr string, timeout time.Duration
 				d.LocalAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 			}
 		}
-		c, derr := d.Dial(proto, addr)
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: Go discards it when this goroutine
-			// ends, so no other goroutine runs in the wrong namespace.
-			if c != nil {
-				c.Close()
-			}
-			ch <- result{err: fmt.Errorf("leave namespace %s: %w", ns, err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{c: c, err: derr}
-	}()
-	r := <-ch
-	return r.c, r.err
+		var err error
+		c, err = d.Dial(proto, addr)
+		return err
+	})
+	return c, err
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"time"
 
+	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -21,8 +22,8 @@ var kernelFamilies = func(ctx context.Context, log *slog.Logger) []proxier.IPFam
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for _, tool := range []string{"ip6tables-nft-save", "ip6tables-legacy-save", "ip6tables-save"} {
-		if err := exec.CommandContext(ctx, tool, "-t", "nat").Run(); err == nil {
+	for _, m := range []iptexec.Mode{iptexec.ModeNFT, iptexec.ModeLegacy} {
+		if err := exec.CommandContext(ctx, iptexec.ToolsFor(m, proxier.IPv6).Save, "-t", "nat").Run(); err == nil {
 			return append(fams, proxier.IPv6)
 		}
 	}

@@ -10,14 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/switchyard-proxy/switchyard/test/lab"
 )
 
 // installerLines are the kube-proxy command lines that installers really
@@ -275,28 +273,14 @@ func iptablesSaveIn(ns string) string {
 // that entered it) and returns the status and body; 0 and the error text
 // when the request fails.
 func getIn(ns, url string) (int, string) {
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer target.Close()
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
-		var derr error
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			runtime.LockOSThread()
-			// The thread stays locked and is discarded when the goroutine
-			// ends, so it never runs other code in ns.
-			if derr = netns.Set(target); derr != nil {
-				return
-			}
-			c, derr = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, addr)
-		}()
-		wg.Wait()
-		return c, derr
+		err := lab.InNS(ns, func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
 	}
 	client := &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	resp, err := client.Get(url)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -67,7 +66,7 @@ func nodeResolver(s *settings, localAddrs func(nodeIPs []netip.Addr) []netip.Add
 		}
 		info.IPs = nodeport.NodeIPs(node, s.nodeIPs)
 		local := localAddrs(info.IPs)
-		info.LocalAddrs = usableLocal(local)
+		info.LocalAddrs = nodeport.Usable(local)
 		if !s.nodePortSel.IsEmpty() {
 			info.NodePortAddresses = map[proxier.IPFamily]proxier.NodePortAddresses{}
 			for _, fam := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
@@ -80,20 +79,6 @@ func nodeResolver(s *settings, localAddrs func(nodeIPs []netip.Addr) []netip.Add
 		}
 		return info
 	}
-}
-
-// usableLocal keeps the addresses node ports can answer on: no loopback,
-// link-local, unspecified or multicast address; sorted, unique.
-func usableLocal(addrs []netip.Addr) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range addrs {
-		a = a.Unmap().WithZone("")
-		if a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsUnspecified() && !a.IsMulticast() {
-			out = append(out, a)
-		}
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
 }
 
 // loadPlan reads the manifest folder and plans it, for plan and rules.
