@@ -10,7 +10,7 @@ APT_PKGS  := iptables nftables ipset ipvsadm conntrack iproute2 procps
 # Test timeout per package run; make test as a whole stays under 25 minutes.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build deps test test-cluster test-vm test-vm-full unit lint demo clean image test-image
+.PHONY: all build deps bench test test-cluster test-vm test-vm-full unit lint demo clean image test-image
 
 all: build
 
@@ -71,6 +71,25 @@ test-vm: deps
 ## test-vm-full: test-vm with every scenario configuration and the 1k benchmark.
 test-vm-full:
 	$(MAKE) test-vm VM_TEST_ARGS="-test.bench IPVSSync -test.benchtime 1x" VM_TIMEOUT=3600
+
+## bench: upstream kube-proxy v1.37.2 (built from test/cluster's module) and
+## switchyard side by side, one after the other, same lab, same real API server
+## objects, same command line: convergence after a bulk create, one-endpoint
+## change latency (p50/p90/p99), full sync, cold start, ruleset bytes, the
+## kernel alone, RSS, CPU. Writes a markdown table and an SVG plot to
+## test/bench/results/. BENCH_N=1000,10000 BENCH_MODE=iptables|nftables
+## BENCH_PROXIES=kube-proxy,switchyard BENCH_CHANGES=20. kube-proxy's 10k
+## iptables-nft cold start alone can take many minutes.
+BENCH_N ?= 1000,10000
+BENCH_MODE ?= iptables
+BENCH_PROXIES ?= kube-proxy,switchyard
+BENCH_CHANGES ?= 20
+bench: deps
+	cd test/cluster && $(GO) build -o ../../.cache/bin/swy-testcluster ./cmd/swy-testcluster
+	cd test/cluster/e2e && SWY_TESTCLUSTER_BIN=$(CURDIR)/.cache/bin/swy-testcluster \
+		SWY_BENCH_N=$(BENCH_N) SWY_BENCH_MODE=$(BENCH_MODE) SWY_BENCH_PROXIES=$(BENCH_PROXIES) \
+		SWY_BENCH_CHANGES=$(BENCH_CHANGES) SWY_BENCH_OUT=$(CURDIR)/test/bench/results \
+		$(GO) test -count=1 -timeout 0 -run '^TestBenchSideBySide$$' -v .
 
 ## unit: the tests without the lint step.
 unit:
