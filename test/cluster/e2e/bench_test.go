@@ -143,17 +143,17 @@ type benchConfig struct {
 // benchResult is one proxy's numbers at one N; a negative duration means
 // the phase did not finish within the bound.
 type benchResult struct {
-	proxy             string
-	n                 int
-	converge          time.Duration
-	changes           []time.Duration
-	changeSyncs       []time.Duration
-	bytes             int
-	kernel            time.Duration
-	cold, full        time.Duration
-	rss, peakRSS      int64
-	cpu               time.Duration
-	failed            string
+	proxy        string
+	n            int
+	converge     time.Duration
+	changes      []time.Duration
+	changeSyncs  []time.Duration
+	bytes        int
+	kernel       time.Duration
+	cold, full   time.Duration
+	rss, peakRSS int64
+	cpu          time.Duration
+	failed       string
 }
 
 func (r benchResult) summary() string {
