@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -101,6 +102,7 @@ type Metrics struct {
 
 	configzMu sync.Mutex
 	configz   map[string]any
+	profiling bool
 }
 
 // New returns metrics for the given proxy mode ("iptables", "ipvs",
@@ -414,11 +416,24 @@ func (m *Metrics) SetConfigz(name string, config any) {
 	m.configz = map[string]any{name: config}
 }
 
+// EnableProfiling makes Handler serve Go's profiles under /debug/pprof/,
+// as kube-proxy does on its metrics address with --profiling. Call it
+// before Handler.
+func (m *Metrics) EnableProfiling() { m.profiling = true }
+
 // Handler returns the mux for --metrics-bind-address: /metrics (Prometheus
 // text), /proxyMode (the mode name as plain text), /configz (see
-// SetConfigz) and /healthz ("ok", the process is up).
+// SetConfigz), /healthz ("ok", the process is up) and, with
+// EnableProfiling, /debug/pprof/.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
+	if m.profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
 	mux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -487,6 +488,28 @@ func TestIPTablesRuleMetrics(t *testing.T) {
 	for _, name := range []string{"kubeproxy_sync_proxy_rules_iptables_total", "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total"} {
 		if _, ok := ipvsFams[name]; ok {
 			t.Errorf("ipvs mode exposes %s", name)
+		}
+	}
+}
+
+func TestProfilingOnlyWhenEnabled(t *testing.T) {
+	for _, enabled := range []bool{false, true} {
+		m := New("iptables", proxier.IPv4)
+		if enabled {
+			m.EnableProfiling()
+		}
+		srv := httptest.NewServer(m.Handler())
+		resp, err := http.Get(srv.URL + "/debug/pprof/goroutine?debug=1")
+		if err != nil {
+			srv.Close()
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		srv.Close()
+		got := resp.StatusCode == http.StatusOK && strings.Contains(string(body), "goroutine profile")
+		if got != enabled {
+			t.Errorf("profiling enabled=%v: /debug/pprof/goroutine answered %d", enabled, resp.StatusCode)
 		}
 	}
 }

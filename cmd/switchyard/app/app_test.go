@@ -115,14 +115,14 @@ oomScoreAdj: -999
 
 	// A typo (an unknown field) is decoded leniently, as kube-proxy does,
 	// with a warning naming it; the rest of the file applies.
-	bad := writeFile(t, dir, "bad.yaml", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCIRD: 10.0.0.0/8\nhealthzBindAddress: 127.0.0.1\nenableProfiling: true\n")
+	bad := writeFile(t, dir, "bad.yaml", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCIRD: 10.0.0.0/8\nhealthzBindAddress: 127.0.0.1\nshowHiddenMetricsForVersion: \"1.36\"\nenableProfiling: true\n")
 	o = defaultOptions()
 	warnings, err = o.loadConfigFile(bad, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	joined := strings.Join(warnings, "\n")
-	if len(warnings) != 2 || !strings.Contains(joined, `unknown field "clusterCIRD"`) || !strings.Contains(joined, `"enableProfiling" has no effect`) {
+	if len(warnings) != 2 || !strings.Contains(joined, `unknown field "clusterCIRD"`) || !strings.Contains(joined, `"showHiddenMetricsForVersion" has no effect`) || !o.EnableProfiling {
 		t.Errorf("warnings %q", warnings)
 	}
 	if o.HealthzBindAddress != "127.0.0.1:10256" {

@@ -153,7 +153,7 @@ func TestKubeProxyFlagErrors(t *testing.T) {
 
 func TestLogFormats(t *testing.T) {
 	dir := t.TempDir()
-	cfg := writeFile(t, dir, "c.yaml", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nenableProfiling: true\n")
+	cfg := writeFile(t, dir, "c.yaml", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nshowHiddenMetricsForVersion: \"1.36\"\n")
 	_, _, stderr := runMain(t, "--config", cfg, "--write-config-to", filepath.Join(dir, "o.yaml"))
 	// klog's text format: a W line with the file and a quoted message.
 	var warn string
@@ -174,7 +174,7 @@ func TestLogFormats(t *testing.T) {
 func TestLogLevelFiltersAndRaisesVerbosity(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "o.yaml")
-	_, _, stderr := runMain(t, "--log-level=warn", "--profiling", "--write-config-to", out)
+	_, _, stderr := runMain(t, "--log-level=warn", "--show-hidden-metrics-for-version=1.36", "--write-config-to", out)
 	if strings.Contains(stderr, "\nI") || strings.HasPrefix(stderr, "I") || !strings.Contains(stderr, "W") {
 		t.Errorf("--log-level=warn: %q", stderr)
 	}

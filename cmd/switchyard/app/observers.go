@@ -59,6 +59,9 @@ func newObservers(ctx context.Context, o *Options, log *slog.Logger, serve bool,
 	obs.health = healthz.New(2*o.SyncPeriod, healthz.WithProbeRecorder(obs.metrics),
 		healthz.WithFamilies(famNames...))
 	obs.metrics.SetBuildInfo(Version)
+	if o.EnableProfiling {
+		obs.metrics.EnableProfiling()
+	}
 	// /configz: the effective configuration, as kube-proxy's.
 	obs.metrics.SetConfigz("kubeproxy.config.k8s.io", o.kubeProxyConfiguration())
 	if !serve {

@@ -168,7 +168,6 @@ const (
 // them; giving one draws a single warning with the reason.
 var noEffectFlags = map[string]string{
 	"feature-gates":                   "switchyard has no feature gates",
-	"profiling":                       "switchyard serves no /debug/pprof",
 	"show-hidden-metrics-for-version": "switchyard hides no metrics",
 	"config-sync-period":              "switchyard's informers do not resync periodically",
 	"ipvs-exclude-cidrs":              "the ipvs backend only ever touches virtual servers it created",
@@ -247,7 +246,7 @@ func (o *Options) addFlags(fs *pflag.FlagSet, daemon bool) {
 	fs.StringVar(&o.KubeAPIContentType, "kube-api-content-type", o.KubeAPIContentType, "content type of requests sent to the API server")
 	fs.StringVar(&o.BindAddress, "bind-address", o.BindAddress, "the node's primary IP, unless it is 0.0.0.0 or :: (kube-proxy binds nothing to it either)")
 	fs.BoolVar(&o.BindAddressHardFail, "bind-address-hard-fail", o.BindAddressHardFail, "exit if the health or metrics port cannot be bound, instead of retrying")
-	fs.BoolVar(&o.EnableProfiling, "profiling", o.EnableProfiling, "accepted for kube-proxy compatibility (no effect)")
+	fs.BoolVar(&o.EnableProfiling, "profiling", o.EnableProfiling, "serve Go's profiles under /debug/pprof/ on the metrics address (as kube-proxy)")
 	fs.StringVar(&o.ShowHiddenMetricsForVersion, "show-hidden-metrics-for-version", o.ShowHiddenMetricsForVersion, "accepted for kube-proxy compatibility (no effect)")
 	fs.DurationVar(&o.IPTablesSyncPeriod, "iptables-sync-period", o.IPTablesSyncPeriod, "--sync-period, in every mode but ipvs (kube-proxy's name)")
 	fs.DurationVar(&o.IPTablesMinSyncPeriod, "iptables-min-sync-period", o.IPTablesMinSyncPeriod, "--min-sync-period, in every mode but ipvs (kube-proxy's name)")
@@ -299,7 +298,7 @@ var supportedConfigFields = map[string]bool{
 	"ipvs.scheduler": true, "ipvs.syncPeriod": true, "ipvs.minSyncPeriod": true, "ipvs.strictARP": true,
 	"nftables.masqueradeAll": true, "nftables.masqueradeBit": true,
 	"nftables.syncPeriod": true, "nftables.minSyncPeriod": true,
-	"detectLocalMode": true, "detectLocal.bridgeInterface": true, "detectLocal.interfaceNamePrefix": true,
+	"enableProfiling": true, "detectLocalMode": true, "detectLocal.bridgeInterface": true, "detectLocal.interfaceNamePrefix": true,
 	"oomScoreAdj": true, "conntrack.maxPerCore": true, "conntrack.min": true,
 	"conntrack.tcpEstablishedTimeout": true, "conntrack.tcpCloseWaitTimeout": true, "conntrack.tcpBeLiberal": true,
 	"conntrack.udpTimeout": true, "conntrack.udpStreamTimeout": true,
@@ -375,6 +374,9 @@ func (o *Options) loadConfigFile(path string, explicit map[string]bool) ([]strin
 	}
 	if cfg.Mode != "" {
 		set("proxy-mode", func() { o.ProxyMode = string(cfg.Mode) })
+	}
+	if cfg.EnableProfiling {
+		set("profiling", func() { o.EnableProfiling = true })
 	}
 	if cfg.ClusterCIDR != "" {
 		set("cluster-cidr", func() { o.ClusterCIDR = cfg.ClusterCIDR })
@@ -509,7 +511,7 @@ func (o *Options) loadConfigFile(path string, explicit map[string]bool) ([]strin
 // configFieldFlag names the flag of config fields that have no effect, so
 // that both draw the same reason.
 var configFieldFlag = map[string]string{
-	"featureGates": "feature-gates", "enableProfiling": "profiling",
+	"featureGates":                "feature-gates",
 	"showHiddenMetricsForVersion": "show-hidden-metrics-for-version", "configSyncPeriod": "config-sync-period",
 	"ipvs.excludeCIDRs": "ipvs-exclude-cidrs", "ipvs.tcpTimeout": "ipvs-tcp-timeout",
 	"ipvs.tcpFinTimeout": "ipvs-tcpfin-timeout", "ipvs.udpTimeout": "ipvs-udp-timeout",

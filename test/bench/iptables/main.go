@@ -117,9 +117,13 @@ func BigSnapshot(n, m int) *proxier.Snapshot {
 			AllEndpoints:     eps,
 			LocalEndpoints:   eps[:1],
 			HasAnyEndpoints:  true,
+			// What the planner decides for eTP/iTP Cluster.
+			Internal:           proxier.ClusterPolicy,
+			ReachableEndpoints: eps,
 		}
 		if i%10 == 0 {
 			sp.NodePort = uint16(30000 + i/10%2700)
+			sp.External = proxier.ClusterPolicy
 		}
 		services = append(services, sp)
 	}
@@ -145,6 +149,7 @@ func withOneEndpointChange(s *proxier.Snapshot, i, k int) *proxier.Snapshot {
 	sp.ClusterEndpoints[0].Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 250, byte(k >> 8), byte(k)}), 8080)
 	sp.AllEndpoints = sp.ClusterEndpoints
 	sp.LocalEndpoints = sp.ClusterEndpoints[:1]
+	sp.ReachableEndpoints = sp.ClusterEndpoints
 	c.Services[i] = &sp
 	c.FullSync = false
 	c.Changed = map[proxier.ServicePortName]bool{sp.Name: true}
