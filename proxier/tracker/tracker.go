@@ -500,6 +500,9 @@ func (t *Tracker) logProblems(problems []planner.Problem) {
 	now := make(map[string]bool, len(problems))
 	for _, p := range problems {
 		s := p.String()
+		if now[s] {
+			continue // the same problem in two families
+		}
 		now[s] = true
 		if !t.logged[s] {
 			t.opts.Log.Warn("object not honoured", "kind", p.Kind, "object", p.Object, "reason", p.Reason)
