@@ -6,7 +6,7 @@ GO        ?= go
 BIN       := bin
 PKGS      := ./...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-APT_PKGS  := iptables nftables ipset ipvsadm conntrack iproute2 procps
+APT_PKGS  := iptables nftables ipset ipvsadm conntrack iproute2 procps containernetworking-plugins
 # Test timeout per package run; make test as a whole stays under 25 minutes.
 TEST_TIMEOUT ?= 15m
 
@@ -14,7 +14,8 @@ TEST_TIMEOUT ?= 15m
 
 all: build
 
-## deps: install the kernel tools the tests and the demo drive, and the Go modules.
+## deps: install the kernel tools the tests and the demo drive (and the CNI portmap plugin the
+## host-port side-by-side test calls), and the Go modules.
 deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

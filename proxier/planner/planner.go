@@ -146,6 +146,9 @@ type Problem struct {
 	// NodePortConflict is set on problems that are node-port conflicts
 	// between services (they are also counted in a metric).
 	NodePortConflict bool `json:",omitempty"`
+	// Event, when set, is the reason of the Kubernetes Event to report on
+	// the object (e.g. EventHostPortConflict); Reason is its message.
+	Event string `json:",omitempty"`
 }
 
 // String returns a log-ready description.

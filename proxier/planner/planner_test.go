@@ -3,6 +3,7 @@ package planner
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -602,5 +603,163 @@ func TestHostPortsBesideNodePorts(t *testing.T) {
 		if !strings.Contains(all, want) {
 			t.Errorf("problems lack %q:\n%s", want, all)
 		}
+	}
+}
+
+// The hostport-network annotation maps a pod's hostPorts to its address on
+// that network as Multus reports it; a pod whose network status is
+// missing, malformed or lacks the network is a problem and has no
+// mapping, and every other pod keeps its own.
+func TestHostPortsMultusNetwork(t *testing.T) {
+	const status = `[{"name":"cbr0","interface":"eth0","ips":["10.244.1.9"],"default":true},` +
+		`{"name":"default/macvlan-a","interface":"net1","ips":["192.168.50.9","fd50::9"]},` +
+		`{"name":"empty","interface":"net2","ips":[]}]`
+	pod := func(name, ip string, port int32, ann map[string]string) *corev1.Pod {
+		p := &corev1.Pod{}
+		p.Namespace, p.Name = "default", name
+		p.Annotations = ann
+		p.Spec.NodeName = testNode
+		p.Status.PodIP = ip
+		p.Status.PodIPs = []corev1.PodIP{{IP: ip}, {IP: "fd00:244::" + ip[len(ip)-1:]}}
+		p.Status.Phase = corev1.PodRunning
+		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{ContainerPort: 80, HostPort: port}}}}
+		return p
+	}
+	objs := Objects{Pods: []*corev1.Pod{
+		pod("plain", "10.244.1.1", 8001, nil),
+		pod("secondary", "10.244.1.2", 8002, map[string]string{AnnotationHostPortNetwork: "default/macvlan-a", AnnotationNetworkStatus: status}),
+		pod("short-name", "10.244.1.3", 8003, map[string]string{AnnotationHostPortNetwork: "macvlan-a", AnnotationNetworkStatus: status}),
+		pod("no-status", "10.244.1.4", 8004, map[string]string{AnnotationHostPortNetwork: "default/macvlan-a"}),
+		pod("bad-json", "10.244.1.5", 8005, map[string]string{AnnotationHostPortNetwork: "default/macvlan-a", AnnotationNetworkStatus: `{"name":`}),
+		pod("absent", "10.244.1.6", 8006, map[string]string{AnnotationHostPortNetwork: "other/macvlan-a", AnnotationNetworkStatus: status}),
+		pod("no-ip", "10.244.1.7", 8007, map[string]string{AnnotationHostPortNetwork: "default/empty", AnnotationNetworkStatus: status}),
+		pod("bad-name", "10.244.1.8", 8008, map[string]string{AnnotationHostPortNetwork: "a/b/c", AnnotationNetworkStatus: status}),
+		pod("default-net", "10.244.1.9", 8009, map[string]string{AnnotationHostPortNetwork: "default/cbr0", AnnotationNetworkStatus: status}),
+	}}
+	cfg := testConfig()
+	cfg.Families = []proxier.IPFamily{proxier.IPv4, proxier.IPv6}
+	snaps, problems := Plan(objs, cfg)
+	for i, want := range []string{
+		"default/default-net 8009->10.244.1.9|default/plain 8001->10.244.1.1|default/secondary 8002->192.168.50.9|default/short-name 8003->192.168.50.9",
+		"default/plain 8001->fd00:244::1|default/secondary 8002->fd50::9|default/short-name 8003->fd50::9",
+	} {
+		var got []string
+		for _, hp := range snaps[i].HostPorts {
+			got = append(got, hp.Pod+" "+itoa(hp.HostPort)+"->"+hp.PodIP.String())
+		}
+		if strings.Join(got, "|") != want {
+			t.Errorf("%s host ports\n got %s\nwant %s", snaps[i].Family, strings.Join(got, "|"), want)
+		}
+	}
+	var msgs []string
+	for _, p := range problems {
+		msgs = append(msgs, p.String())
+		if p.Event != "" {
+			t.Errorf("network problem %v carries event %q", p, p.Event)
+		}
+	}
+	all := strings.Join(msgs, "\n")
+	for _, want := range []string{
+		`Pod default/no-status: annotation switchyard.io/hostport-network="default/macvlan-a": the pod has no k8s.v1.cni.cncf.io/network-status annotation (yet); host ports skipped`,
+		`Pod default/bad-json: annotation switchyard.io/hostport-network="default/macvlan-a": k8s.v1.cni.cncf.io/network-status is not a JSON list of networks`,
+		`Pod default/absent: annotation switchyard.io/hostport-network="other/macvlan-a": network other/macvlan-a is not in k8s.v1.cni.cncf.io/network-status; host ports skipped`,
+		`Pod default/no-ip: annotation switchyard.io/hostport-network="default/empty": network default/empty has no IP`,
+		`Pod default/bad-name: annotation switchyard.io/hostport-network="a/b/c": want <namespace>/<network>; host ports skipped`,
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("problems lack %q:\n%s", want, all)
+		}
+	}
+	if len(problems) != 5 {
+		t.Errorf("%d problems, want 5:\n%s", len(problems), all)
+	}
+}
+
+// Conflicts carry the HostPortConflict event reason (the loser's Event);
+// the node-port-range warning does not (the pod keeps its port).
+func TestHostPortConflictEvents(t *testing.T) {
+	pod := func(name string, created int64, port int32) *corev1.Pod {
+		p := &corev1.Pod{}
+		p.Namespace, p.Name = "default", name
+		p.CreationTimestamp.Time = time.Unix(created, 0)
+		p.Spec.NodeName = testNode
+		p.Status.PodIP = "10.244.1." + fmt.Sprint(created)
+		p.Status.Phase = corev1.PodRunning
+		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{ContainerPort: 80, HostPort: port}}}}
+		return p
+	}
+	objs := Objects{
+		Services: []*corev1.Service{svc("web", nodePort(30080))},
+		Pods:     []*corev1.Pod{pod("newer", 2, 8080), pod("older", 1, 8080), pod("taker", 3, 30080), pod("ranged", 4, 30081)},
+	}
+	_, problems := planOne(t, objs, testConfig())
+	events := map[string]string{}
+	for _, p := range problems {
+		if p.Event != "" {
+			events[p.Object] = p.Event + ": " + p.Reason
+		}
+	}
+	want := map[string]string{
+		"default/newer": "HostPortConflict: hostPort 8080/TCP is already used by pod default/older; mapping skipped",
+		"default/taker": "HostPortConflict: hostPort 30080/TCP (IPv4) is the node port of service default/web:http, which keeps it; mapping skipped",
+	}
+	if !reflect.DeepEqual(events, want) {
+		t.Errorf("events %v\nwant %v", events, want)
+	}
+}
+
+// HostPortInputs changes exactly when a mapping can: not for labels,
+// conditions or other annotations, nor for pods without hostPorts.
+func TestHostPortInputs(t *testing.T) {
+	base := &corev1.Pod{}
+	base.Namespace, base.Name = "default", "web"
+	base.Spec.NodeName = testNode
+	base.Status.Phase = corev1.PodRunning
+	base.Status.PodIPs = []corev1.PodIP{{IP: "10.244.1.5"}}
+	base.Spec.Containers = []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{ContainerPort: 80, HostPort: 8080}}}}
+	in := HostPortInputs(base)
+	if in == "" {
+		t.Fatal("a pod with a hostPort has no inputs")
+	}
+	same := map[string]func(p *corev1.Pod){
+		"labels":      func(p *corev1.Pod) { p.Labels = map[string]string{"a": "b"} },
+		"annotations": func(p *corev1.Pod) { p.Annotations = map[string]string{"x": "y", AnnotationNetworkStatus: "[]"} },
+		"conditions":  func(p *corev1.Pod) { p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady}} },
+		"statuses":    func(p *corev1.Pod) { p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "c", Ready: true}} },
+		"version":     func(p *corev1.Pod) { p.ResourceVersion = "42" },
+	}
+	for name, f := range same {
+		p := base.DeepCopy()
+		f(p)
+		if HostPortInputs(p) != in {
+			t.Errorf("%s changed the inputs", name)
+		}
+	}
+	differ := map[string]func(p *corev1.Pod){
+		"phase":   func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded },
+		"pod IPs": func(p *corev1.Pod) { p.Status.PodIPs = []corev1.PodIP{{IP: "10.244.1.6"}} },
+		"created": func(p *corev1.Pod) { p.CreationTimestamp.Time = time.Unix(5, 0) },
+		"network": func(p *corev1.Pod) { p.Annotations = map[string]string{AnnotationHostPortNetwork: "default/a"} },
+		"ports":   func(p *corev1.Pod) { p.Spec.Containers[0].Ports[0].HostIP = "10.0.0.10" },
+		"node":    func(p *corev1.Pod) { p.Spec.NodeName = "other" },
+	}
+	for name, f := range differ {
+		p := base.DeepCopy()
+		f(p)
+		if HostPortInputs(p) == in {
+			t.Errorf("%s did not change the inputs", name)
+		}
+	}
+	withNet := base.DeepCopy()
+	withNet.Annotations = map[string]string{AnnotationHostPortNetwork: "default/a"}
+	moved := withNet.DeepCopy()
+	moved.Annotations[AnnotationNetworkStatus] = `[{"name":"default/a","ips":["192.168.50.1"]}]`
+	if HostPortInputs(moved) == HostPortInputs(withNet) {
+		t.Error("with the opt-in, the network status did not change the inputs")
+	}
+	none := base.DeepCopy()
+	none.Spec.Containers[0].Ports[0].HostPort = 0
+	if HostPortInputs(none) != "" || HostPortInputs(nil) != "" {
+		t.Error("a pod without hostPorts has inputs")
 	}
 }

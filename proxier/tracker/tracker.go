@@ -37,6 +37,11 @@ type Hooks struct {
 	OnEndpointSliceChange func()
 	// OnSynced is called once, when the source delivered its initial state.
 	OnSynced func()
+	// OnPodEvent is called once for each newly found pod problem that
+	// carries an event reason (planner.Problem.Event), with the pod, the
+	// reason and the message; not again while the problem persists. It
+	// is called with the tracker's lock held and must not block.
+	OnPodEvent func(pod *corev1.Pod, reason, message string)
 }
 
 // Options configure a Tracker.
@@ -79,7 +84,8 @@ type Tracker struct {
 	slices      map[string]*discoveryv1.EndpointSlice
 	slicesBySvc map[string]map[string]*discoveryv1.EndpointSlice
 	node        *corev1.Node
-	pods        map[string]*corev1.Pod
+	pods        map[string]*corev1.Pod // only pods with hostPorts
+	podInputs   map[string]string      // planner.HostPortInputs of pods
 
 	dirty        map[string]bool
 	nodeDirty    bool
@@ -116,6 +122,7 @@ func New(opts Options) *Tracker {
 		slices:      map[string]*discoveryv1.EndpointSlice{},
 		slicesBySvc: map[string]map[string]*discoveryv1.EndpointSlice{},
 		pods:        map[string]*corev1.Pod{},
+		podInputs:   map[string]string{},
 		dirty:       map[string]bool{},
 		plans:       map[string]*planner.ServicePlan{},
 		orphans:     map[string][]planner.Problem{},
@@ -227,14 +234,30 @@ func (t *Tracker) NodeAddressesChanged() {
 	}
 }
 
-// OnPod implements proxier.Sink.
+// OnPod implements proxier.Sink. Only a change of what can change a
+// hostPort mapping (planner.HostPortInputs) asks for a sync: pods without
+// hostPorts, and updates of labels, conditions or other annotations, are
+// dropped here.
 func (t *Tracker) OnPod(pod *corev1.Pod, deleted bool) {
 	k := key(pod.Namespace, pod.Name)
+	in := ""
+	if !deleted {
+		in = planner.HostPortInputs(pod)
+	}
 	t.mu.Lock()
-	if deleted {
+	if in == t.podInputs[k] {
+		if in != "" {
+			t.pods[k] = pod // the latest object, for events
+		}
+		t.mu.Unlock()
+		return
+	}
+	if in == "" {
 		delete(t.pods, k)
+		delete(t.podInputs, k)
 	} else {
 		t.pods[k] = pod
+		t.podInputs[k] = in
 	}
 	t.podsDirty = true
 	t.mu.Unlock()
@@ -477,9 +500,15 @@ func (t *Tracker) logProblems(problems []planner.Problem) {
 	now := make(map[string]bool, len(problems))
 	for _, p := range problems {
 		s := p.String()
+		if now[s] {
+			continue // the same problem in two families
+		}
 		now[s] = true
 		if !t.logged[s] {
 			t.opts.Log.Warn("object not honoured", "kind", p.Kind, "object", p.Object, "reason", p.Reason)
+			if p.Event != "" && p.Kind == "Pod" && t.opts.Hooks.OnPodEvent != nil && t.pods[p.Object] != nil {
+				t.opts.Hooks.OnPodEvent(t.pods[p.Object], p.Event, p.Reason)
+			}
 		}
 	}
 	t.logged = now

@@ -287,3 +287,103 @@ func TestHostPortYieldsToNodePort(t *testing.T) {
 		t.Errorf("host port not back after the service left: %v", res.Snapshots[0].HostPorts)
 	}
 }
+
+// Only pod changes that can change a hostPort mapping ask for a sync:
+// pods without hostPorts, label and condition updates and unrelated
+// annotations are dropped (counted through the OnChange hook), and the
+// mappings stay right.
+func TestPodChangesThatCannotChangeAMappingAreDropped(t *testing.T) {
+	var changes atomic.Int32
+	tr := New(Options{ResolveNode: resolver("10.0.0.10"), Hooks: Hooks{OnChange: func() { changes.Add(1) }}})
+	tr.Plan(false)
+	web := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web", ResourceVersion: "1"},
+		Spec: corev1.PodSpec{NodeName: "node-0", Containers: []corev1.Container{{Name: "c",
+			Ports: []corev1.ContainerPort{{ContainerPort: 80, HostPort: 8080}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodPending},
+	}
+	plain := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "plain", ResourceVersion: "1"},
+		Spec:       corev1.PodSpec{NodeName: "node-0", Containers: []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{{ContainerPort: 80}}}}},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.0.9"},
+	}
+	step := func(name string, pod *corev1.Pod, deleted bool, wantSignal bool, wantMappings int) {
+		t.Helper()
+		before := changes.Load()
+		tr.OnPod(pod, deleted)
+		if got := changes.Load() - before; (got == 1) != wantSignal || got > 1 {
+			t.Errorf("%s: %d change signals, want signal=%v", name, got, wantSignal)
+		}
+		if res := tr.Plan(false); len(res.Snapshots[0].HostPorts) != wantMappings {
+			t.Errorf("%s: %d mappings, want %d", name, len(res.Snapshots[0].HostPorts), wantMappings)
+		}
+	}
+	update := func(p *corev1.Pod, f func(*corev1.Pod)) *corev1.Pod {
+		p = p.DeepCopy()
+		f(p)
+		return p
+	}
+	step("pod without hostPorts added", plain, false, false, 0)
+	step("pod without hostPorts relabelled", update(plain, func(p *corev1.Pod) { p.Labels = map[string]string{"a": "b"} }), false, false, 0)
+	step("pod without hostPorts deleted", plain, true, false, 0)
+	step("hostPort pod added, pending", web, false, true, 0)
+	web = update(web, func(p *corev1.Pod) {
+		p.Status.Phase = corev1.PodRunning
+		p.Status.PodIPs = []corev1.PodIP{{IP: "10.244.0.5"}}
+	})
+	step("pod IP and phase", web, false, true, 1)
+	step("labels", update(web, func(p *corev1.Pod) { p.Labels = map[string]string{"app": "web"} }), false, false, 1)
+	step("conditions", update(web, func(p *corev1.Pod) {
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+	}), false, false, 1)
+	step("other annotations", update(web, func(p *corev1.Pod) { p.Annotations = map[string]string{"x": "y"} }), false, false, 1)
+	step("network status without the opt-in", update(web, func(p *corev1.Pod) {
+		p.Annotations = map[string]string{planner.AnnotationNetworkStatus: `[{"name":"ns/net1","ips":["192.168.50.5"]}]`}
+	}), false, false, 1)
+	step("opt-in to a secondary network", update(web, func(p *corev1.Pod) {
+		p.Annotations = map[string]string{planner.AnnotationHostPortNetwork: "ns/net1",
+			planner.AnnotationNetworkStatus: `[{"name":"ns/net1","ips":["192.168.50.5"]}]`}
+	}), false, true, 1)
+	if hp := tr.Plan(false).Snapshots[0].HostPorts; len(hp) != 1 || hp[0].PodIP.String() != "192.168.50.5" {
+		t.Errorf("secondary network mapping %v", hp)
+	}
+	step("succeeded", update(web, func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }), false, true, 0)
+	step("deleted", web, true, true, 0)
+	step("deleted again", web, true, false, 0)
+}
+
+// A conflict reports one event on the losing pod, however many syncs and
+// unrelated changes follow; it is reported again if it comes back.
+func TestHostPortConflictEventOncePerConflict(t *testing.T) {
+	type event struct{ pod, reason, msg string }
+	var events []event
+	tr := New(Options{ResolveNode: resolver("10.0.0.10"), Hooks: Hooks{OnPodEvent: func(p *corev1.Pod, reason, msg string) {
+		events = append(events, event{p.Namespace + "/" + p.Name, reason, msg})
+	}}})
+	pod := func(name string, created int64) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, CreationTimestamp: metav1.Unix(created, 0)},
+			Spec: corev1.PodSpec{NodeName: "node-0", Containers: []corev1.Container{{Name: "c",
+				Ports: []corev1.ContainerPort{{ContainerPort: 80, HostPort: 8080}}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: fmt.Sprintf("10.244.0.%d", created)},
+		}
+	}
+	older, newer := pod("older", 1), pod("newer", 2)
+	tr.OnPod(older, false)
+	tr.OnPod(newer, false)
+	for i := 0; i < 3; i++ {
+		tr.Plan(i == 2)
+		tr.OnService(service(i), false)
+	}
+	want := []event{{"ns/newer", planner.EventHostPortConflict, "hostPort 8080/TCP is already used by pod ns/older; mapping skipped"}}
+	if !reflect.DeepEqual(events, want) {
+		t.Fatalf("events %v\nwant %v", events, want)
+	}
+	tr.OnPod(older, true)
+	tr.Plan(false)
+	tr.OnPod(older, false)
+	tr.Plan(false)
+	if len(events) != 2 {
+		t.Errorf("the conflict came back: %d events, want 2", len(events))
+	}
+}

@@ -13,9 +13,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	kubeproxyv1alpha1 "k8s.io/kube-proxy/config/v1alpha1"
@@ -372,8 +374,11 @@ func testRBAC(ctx context.Context, t *testing.T, c *cluster.Cluster, sa string) 
 
 	type access struct{ verb, group, resource string }
 	// What switchyard's informers do (proxier/source/informers): list and
-	// watch; nothing else.
+	// watch; and what its pod events do (client-go's events.k8s.io
+	// broadcaster, cmd/switchyard/app/events.go): create, and patch for a
+	// series; nothing else.
 	allowed := []access{
+		{"create", "events.k8s.io", "events"}, {"patch", "events.k8s.io", "events"},
 		{"list", "", "services"}, {"watch", "", "services"},
 		{"list", "", "nodes"}, {"watch", "", "nodes"},
 		{"list", "", "pods"}, {"watch", "", "pods"},
@@ -384,7 +389,8 @@ func testRBAC(ctx context.Context, t *testing.T, c *cluster.Cluster, sa string) 
 		{"get", "", "services"}, {"get", "", "nodes"}, {"get", "", "pods"},
 		{"create", "", "services"}, {"update", "", "services"}, {"delete", "", "pods"},
 		{"patch", "", "nodes"}, {"update", "discovery.k8s.io", "endpointslices"},
-		{"create", "", "serviceaccounts/token"}, {"create", "", "events"}, {"create", "events.k8s.io", "events"},
+		{"create", "", "serviceaccounts/token"}, {"create", "", "events"}, {"patch", "", "events"},
+		{"update", "events.k8s.io", "events"}, {"get", "events.k8s.io", "events"}, {"delete", "events.k8s.io", "events"},
 	}
 	check := func(a access, want bool) {
 		r, err := sw.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
@@ -477,7 +483,20 @@ func testRBAC(ctx context.Context, t *testing.T, c *cluster.Cluster, sa string) 
 	} else {
 		w.Stop()
 	}
-	// switchyard records no events, so it may not create any.
+	// Pod events go through events.k8s.io only: create, then patch.
+	ev, err := sw.EventsV1().Events("default").Create(ctx, &eventsv1.Event{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "swy-"},
+		EventTime:  metav1.NowMicro(), Regarding: corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "pod-1"},
+		Reason: "HostPortConflict", Note: "test", Type: corev1.EventTypeWarning, Action: "MapHostPort",
+		ReportingController: "switchyard", ReportingInstance: "switchyard-test",
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Errorf("create events.k8s.io event: %v", err)
+	} else if _, err := sw.EventsV1().Events("default").Patch(ctx, ev.Name, types.MergePatchType,
+		[]byte(`{"series":{"count":2,"lastObservedTime":"`+metav1.NowMicro().Format(metav1.RFC3339Micro)+`"}}`), metav1.PatchOptions{}); err != nil {
+		t.Errorf("patch events.k8s.io event: %v", err)
+	}
+	// The core API's events are not switchyard's.
 	if _, err := sw.CoreV1().Events("default").Create(ctx, &corev1.Event{
 		ObjectMeta:     metav1.ObjectMeta{GenerateName: "swy-"},
 		InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: "node-1"},

@@ -62,6 +62,7 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	}
 
 	var r *runner.Runner
+	podEv := &podEvents{}
 	tr := tracker.New(tracker.Options{
 		Config:      plannerConfig(o, s),
 		ResolveNode: nodeResolver(s, localAddresses(log), log),
@@ -72,6 +73,7 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 			OnChange:              func() { r.Trigger() },
 			OnServiceChange:       obs.serviceChanged,
 			OnEndpointSliceChange: obs.endpointSliceChanged,
+			OnPodEvent:            podEv.report,
 		},
 	})
 	hc := &healthChecks{healthy: obs.healthy, log: log}
@@ -112,7 +114,7 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 		syncFn, append(obs.runnerOptions(), runner.WithLogger(log))...)
 
 	srcErr := make(chan error, 1)
-	go func() { srcErr <- runSource(ctx, o, s, tr, log) }()
+	go func() { srcErr <- runSource(ctx, o, s, tr, podEv, log) }()
 	if !o.Once {
 		go watchAddresses(ctx, tr.NodeAddressesChanged, log)
 	}
@@ -171,8 +173,9 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 	}
 }
 
-// runSource runs the manifest folder or the informers until ctx ends.
-func runSource(ctx context.Context, o *Options, s *settings, sink proxier.Sink, log *slog.Logger) error {
+// runSource runs the manifest folder or the informers until ctx ends;
+// with the informers, ev records pod events through the same client.
+func runSource(ctx context.Context, o *Options, s *settings, sink proxier.Sink, ev *podEvents, log *slog.Logger) error {
 	if o.Manifests != "" {
 		return manifests.New(o.Manifests, s.nodeName, o.ServiceProxyName, sink, log).Run(ctx)
 	}
@@ -185,6 +188,9 @@ func runSource(ctx context.Context, o *Options, s *settings, sink proxier.Sink, 
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("creating API client: %w", err)
+	}
+	if !o.Once {
+		ev.start(ctx, client, log)
 	}
 	return informers.Run(ctx, client, s.nodeName, o.ServiceProxyName, sink, log)
 }

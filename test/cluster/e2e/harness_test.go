@@ -168,6 +168,12 @@ func newEnv(t *testing.T) *env {
 	for _, name := range []string{"pod-a", "pod-b", "pod-c", "pod-d"} {
 		pods = append(pods, lab.Pod{Name: name, IP: podIPs[name], TCPPorts: []uint16{targetPort}})
 	}
+	return newEnvWith(t, pods)
+}
+
+// newEnvWith is newEnv with the given lab pods.
+func newEnvWith(t *testing.T, pods []lab.Pod) *env {
+	t.Helper()
 	l := lab.New(t, lab.Spec{Pods: pods})
 	// Registered after the lab: the control plane stops before the
 	// namespace it runs in is deleted.
