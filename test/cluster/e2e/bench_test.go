@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -206,7 +208,7 @@ func proxyArgs(bin, mode, kubeconfig string) []string {
 		"--kubeconfig=" + kubeconfig, "--cluster-cidr=" + clusterCIDR,
 		"--metrics-bind-address=" + benchMetrics, "--healthz-bind-address=" + benchHealthz,
 		"--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
-		"--oom-score-adj=0", "--v=1"}
+		"--oom-score-adj=0", "--v=1", "--profiling"}
 }
 
 func runBench(t *testing.T, cfg benchConfig, proxy, bin string, n int) (r benchResult) {
@@ -311,6 +313,14 @@ func runBench(t *testing.T, cfg benchConfig, proxy, bin string, n int) (r benchR
 	execAt := time.Now()
 	proc = start()
 	t.Cleanup(proc.Stop)
+	var profiled chan struct{}
+	if dir := os.Getenv("SWY_BENCH_PROFILE"); dir != "" {
+		profiled = make(chan struct{})
+		go func() {
+			defer close(profiled)
+			cpuProfile(e, filepath.Join(dir, fmt.Sprintf("%s-%d-coldstart.pprof", proxy, n)))
+		}()
+	}
 	if err := waitSynced(proc, m, cfg.bound, n); err != nil {
 		if errors.Is(err, errBound) {
 			r.cold, r.full = -cfg.bound, -cfg.bound
@@ -326,7 +336,27 @@ func runBench(t *testing.T, cfg benchConfig, proxy, bin string, n int) (r benchR
 	}
 	time.Sleep(2 * time.Second)
 	r.rss, r.peakRSS, r.cpu = procStats(proc.PID())
+	if profiled != nil {
+		<-profiled
+	}
 	return r
+}
+
+// cpuProfile saves a CPU profile of the proxy's first seconds
+// (SWY_BENCH_PROFILE=dir; both proxies run with --profiling).
+func cpuProfile(e *env, path string) {
+	for i := 0; i < 50; i++ {
+		code, body, err := e.getTimeout(benchMetrics, "/debug/pprof/profile?seconds=10", 20*time.Second)
+		if err == nil && code == 200 {
+			if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+				progress("profile: %v", err)
+			}
+			progress("CPU profile of the cold start: %s", path)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	progress("no CPU profile: the metrics address did not answer")
 }
 
 var errBound = errors.New("not reached within the bound")
@@ -672,4 +702,19 @@ func fmtDur(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%.2f s", d.Seconds())
 	}
+}
+
+// getTimeout is env.get with its own timeout (a CPU profile takes seconds).
+func (e *env) getTimeout(addr, path string, timeout time.Duration) (int, string, error) {
+	c := &http.Client{Transport: e.http.Transport, Timeout: timeout}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return 0, "", fmt.Errorf("GET %s%s: %w", addr, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, "", fmt.Errorf("read %s%s: %w", addr, path, err)
+	}
+	return resp.StatusCode, string(b), nil
 }
