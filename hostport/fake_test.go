@@ -54,6 +54,14 @@ func (f *fakeNAT) Run(_ context.Context, stdin []byte, name string, args ...stri
 		sb.WriteString("COMMIT\n")
 		return []byte(sb.String()), nil, nil
 	}
+	if (name == "iptables-nft" || name == "ip6tables-nft") && len(args) == 5 && args[3] == "-S" {
+		// iptexec.ChainExists: one chain listed.
+		f.lists++
+		if _, ok := f.table(name)[args[4]]; !ok {
+			return nil, []byte("no chain"), exitStatus(1)
+		}
+		return []byte("-N " + args[4] + "\n"), nil, nil
+	}
 	if strings.HasSuffix(name, "-restore") && strings.Contains(string(stdin), "\n-S ") {
 		f.lists++
 		t := f.table(base(name))
@@ -119,6 +127,12 @@ func (f *fakeNAT) Run(_ context.Context, stdin []byte, name string, args ...stri
 	}
 	return nil, []byte("not found"), fmt.Errorf("%s: not found", name)
 }
+
+// exitStatus is a failed command's status, as *exec.ExitError reports it.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+func (e exitStatus) ExitCode() int { return int(e) }
 
 func sortedKeys(m map[string][]string) []string {
 	var out []string

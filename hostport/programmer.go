@@ -49,8 +49,7 @@ const PortmapChain = "CNI-HOSTPORT-DNAT"
 func PortmapPresent(ctx context.Context, ex iptexec.Executor) bool {
 	for _, m := range []iptexec.Mode{iptexec.ModeNFT, iptexec.ModeLegacy} {
 		for _, fam := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
-			out, _, err := ex.Run(ctx, nil, iptexec.ToolsFor(m, fam).Save, "-t", "nat")
-			if err == nil && strings.Contains(string(out), "\n:"+PortmapChain+" ") {
+			if ok, err := iptexec.ChainExists(ctx, ex, iptexec.ToolsFor(m, fam), "nat", PortmapChain); err == nil && ok {
 				return true
 			}
 		}
@@ -118,8 +117,21 @@ func (p *Programmer) Render(snaps []*proxier.Snapshot) (string, error) {
 	return text + Render(snaps), nil
 }
 
+// flavoured is a decorated backend that writes iptables rules too: host
+// ports use its flavour instead of detecting again (a detection saves
+// every table of both flavours: seconds with a big nat table).
+type flavoured interface {
+	Mode(ctx context.Context) (iptexec.Mode, error)
+}
+
 func (p *Programmer) tools(ctx context.Context, fam proxier.IPFamily) (iptexec.Tools, error) {
 	if p.mode == "" || p.mode == iptexec.ModeAuto {
+		if f, ok := p.backend.(flavoured); ok {
+			if m, err := f.Mode(ctx); err == nil && m != "" && m != iptexec.ModeAuto {
+				p.mode = m
+				return iptexec.ToolsFor(m, fam), nil
+			}
+		}
 		m, err := iptexec.Detect(ctx, p.cfg.Executor)
 		if err != nil {
 			return iptexec.Tools{}, fmt.Errorf("hostport: detect iptables flavour: %w", err)
@@ -449,6 +461,12 @@ func (p *Programmer) removeChains(ctx context.Context, fam proxier.IPFamily) (in
 	t, err := p.tools(ctx, fam)
 	if err != nil {
 		return 0, err
+	}
+	// Every write adds or removes the per-mapping chains together with the
+	// dispatch chain, atomically: without it there is nothing of ours, and
+	// the big nat table need not be saved.
+	if ok, err := iptexec.ChainExists(ctx, p.cfg.Executor, t, "nat", DispatchChain); err == nil && !ok {
+		return 0, nil
 	}
 	saved, err := iptexec.Save(ctx, p.cfg.Executor, t, "nat", ChainPrefix)
 	if err != nil {

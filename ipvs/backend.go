@@ -36,6 +36,9 @@ type Config struct {
 	NodePortMin, NodePortMax uint16
 	// IPTablesMode selects iptables-nft or -legacy; "" means auto.
 	IPTablesMode iptables.Mode
+	// QuickCleanup makes Cleanup skip tables where none of the chains its
+	// hooks jump to exists (a mode switch); otherwise it saves every table.
+	QuickCleanup bool
 	// Executor runs ipset and iptables; nil runs them here. (Stale UDP
 	// conntrack entries are deleted by package conntrack, which wraps
 	// every backend.)
@@ -182,6 +185,14 @@ func (b *Backend) ensureKernel() (Kernel, error) {
 		b.kernel = k
 	}
 	return b.kernel, nil
+}
+
+// Mode returns the iptables flavour of the backend's rules, resolving auto
+// if needed (the host-port decorator writes in the same flavour).
+func (b *Backend) Mode(ctx context.Context) (iptables.Mode, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ensureFlavour(ctx)
 }
 
 func (b *Backend) ensureFlavour(ctx context.Context) (iptables.Mode, error) {
@@ -485,7 +496,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 			continue
 		}
 		for _, f := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
-			if err := cleanupRules(ctx, b.cfg.Executor, iptexec.ToolsFor(m, f)); err != nil {
+			if err := cleanupRules(ctx, b.cfg.Executor, iptexec.ToolsFor(m, f), b.cfg.QuickCleanup); err != nil {
 				errs = append(errs, err)
 			}
 		}

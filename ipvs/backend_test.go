@@ -280,3 +280,45 @@ func TestSysctlsPerKernel(t *testing.T) {
 		}
 	}
 }
+
+// TestQuickCleanupSavesOnlyTablesWithOurChains: a mode switch's cleanup
+// lists a few chains instead of saving tables that hold none of ours, and
+// still removes what is there.
+func TestQuickCleanupSavesOnlyTablesWithOurChains(t *testing.T) {
+	h := newHarness()
+	quick := func() *Backend {
+		b, err := New(Config{Kernel: h.k, Executor: h.ex, Sysctl: h.sc, IPTablesMode: iptables.ModeNFT, Logger: discard(),
+			Now: func() time.Time { return h.now }, LocalAddresses: noLocalAddresses, QuickCleanup: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	saves := func() (n int) {
+		for _, c := range h.ex.calls {
+			if strings.Contains(c, "-save -t") {
+				n++
+			}
+		}
+		return n
+	}
+	if err := quick().Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := saves(); n != 0 {
+		t.Errorf("quick cleanup of a node without IPVS-mode chains saved %d tables: %v", n, h.ex.calls)
+	}
+	mustSync(t, h.backend(t), richSnapshot())
+	h.ex.calls = nil
+	if err := quick().Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if saves() == 0 {
+		t.Error("quick cleanup did not save the tables holding our chains")
+	}
+	for _, table := range tables {
+		if own := h.ex.ownChainNames("iptables-nft", table); len(own) != 0 {
+			t.Errorf("%s chains left: %v", table, own)
+		}
+	}
+}

@@ -233,6 +233,7 @@ func (e *fakeExec) table(tool, name string) *fakeTable {
 type exitErr struct{ code int }
 
 func (e exitErr) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+func (e exitErr) ExitCode() int { return e.code }
 
 func (e *fakeExec) Run(_ context.Context, stdin []byte, name string, args ...string) ([]byte, []byte, error) {
 	e.mu.Lock()
@@ -266,6 +267,13 @@ func (e *fakeExec) Run(_ context.Context, stdin []byte, name string, args ...str
 		e.restores++
 		return nil, nil, e.iptRestore(name, string(stdin))
 	case strings.HasPrefix(name, "iptables") || strings.HasPrefix(name, "ip6tables"):
+		// -w -t TABLE -S CHAIN (iptexec.ChainExists)
+		if len(args) == 5 && args[3] == "-S" {
+			if _, ok := e.table(name, args[2]).rules[args[4]]; ok {
+				return []byte("-N " + args[4] + "\n"), nil, nil
+			}
+			return nil, []byte("no chain"), exitErr{1}
+		}
 		// -w -t TABLE -C CHAIN args...
 		if len(args) >= 5 && args[3] == "-C" {
 			t := e.table(name, args[2])

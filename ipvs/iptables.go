@@ -59,6 +59,20 @@ func writeRules(ctx context.Context, ex iptexec.Executor, t iptexec.Tools, fr Fa
 	return iptexec.Restore(ctx, ex, t, []byte(b.String()))
 }
 
+// hooksPresent tells whether a chain some hook of table jumps to exists
+// (true when that cannot be told).
+func hooksPresent(ctx context.Context, ex iptexec.Executor, t iptexec.Tools, table string) bool {
+	for _, h := range hooks {
+		if h.Table != table {
+			continue
+		}
+		if ok, err := iptexec.ChainExists(ctx, ex, t, table, h.Args[len(h.Args)-1]); ok || err != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // hostPortPrefix starts the chains of package hostport, which programs
 // host ports beside every mode: never stale here.
 const hostPortPrefix = "SWY-HOSTPORT"
@@ -74,10 +88,16 @@ func tableOf(part string) string {
 }
 
 // cleanupRules deletes every SWY-IPVS- chain and the jumps to them in one
-// family and flavour. Missing tools are not an error.
-func cleanupRules(ctx context.Context, ex iptexec.Executor, t iptexec.Tools) error {
+// family and flavour. Missing tools are not an error. quick skips the save
+// of a table where none of the chains the hooks jump to exists: the mode
+// writes all of a table's chains in one restore, so such a table holds
+// none of ours (a mode switch need not dump another mode's big tables).
+func cleanupRules(ctx context.Context, ex iptexec.Executor, t iptexec.Tools, quick bool) error {
 	var b strings.Builder
 	for _, table := range tables {
+		if quick && !hooksPresent(ctx, ex, t, table) {
+			continue
+		}
 		out, _, err := ex.Run(ctx, nil, t.Save, "-t", table)
 		if err != nil {
 			continue

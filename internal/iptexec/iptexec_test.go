@@ -3,6 +3,9 @@ package iptexec
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"reflect"
 	"strings"
 	"testing"
@@ -191,5 +194,39 @@ func TestParseSaveAllSums(t *testing.T) {
 	}
 	if len(got["nat"].ForeignJumps) != 2 || got["filter"].Rules["INPUT"] != 1 {
 		t.Errorf("nat %+v filter %+v", got["nat"], got["filter"])
+	}
+}
+
+// TestChainExistsRealKernel lists one chain with the real tools of both
+// flavours in a namespace of its own.
+func TestChainExistsRealKernel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespace)")
+	}
+	ns := fmt.Sprintf("swy-iptexec-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	ex := NetnsExecutor(ns)
+	ctx := context.Background()
+	for _, m := range []Mode{ModeNFT, ModeLegacy} {
+		tools := ToolsFor(m, proxier.IPv4)
+		if _, err := exec.LookPath(tools.IPTables); err != nil {
+			t.Logf("%s: %v", tools.IPTables, err)
+			continue
+		}
+		if ok, err := ChainExists(ctx, ex, tools, "nat", "SWY-PROBE"); ok || err != nil {
+			t.Errorf("%s: a missing chain exists=%v err=%v", m, ok, err)
+		}
+		if _, stderr, err := ex.Run(ctx, nil, tools.IPTables, "-w", "-t", "nat", "-N", "SWY-PROBE"); err != nil {
+			t.Fatalf("%s -N: %v: %s", tools.IPTables, err, stderr)
+		}
+		if ok, err := ChainExists(ctx, ex, tools, "nat", "SWY-PROBE"); !ok || err != nil {
+			t.Errorf("%s: a created chain exists=%v err=%v", m, ok, err)
+		}
+	}
+	if _, err := ChainExists(ctx, ex, Tools{IPTables: "no-such-iptables"}, "nat", "X"); err == nil {
+		t.Error("a tool that cannot run is not an error")
 	}
 }

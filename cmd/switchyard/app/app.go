@@ -239,6 +239,7 @@ func newBackend(o *Options, log *slog.Logger) (proxier.Backend, error) {
 			NodePortMin:  lo,
 			NodePortMax:  hi,
 			IPTablesMode: iptables.Mode(o.IPTablesBackend),
+			QuickCleanup: o.quickCleanup,
 			Logger:       log,
 		})
 		if err != nil {
@@ -263,6 +264,7 @@ func cleanupOtherModes(ctx context.Context, o *Options, active proxier.Backend, 
 		}
 		mo := *o
 		mo.ProxyMode = mode
+		mo.quickCleanup = true
 		b, err := backendFactory(&mo, log)
 		if err != nil {
 			log.Info("no leftovers of another mode to clean", "mode", mode, "reason", err.Error())

@@ -82,10 +82,14 @@ type Options struct {
 	// BindAddressHardFail makes a health or metrics port that cannot be
 	// bound fatal instead of retried.
 	BindAddressHardFail bool
-	// EnableProfiling and ShowHiddenMetricsForVersion are accepted for
-	// compatibility (no effect).
-	EnableProfiling             bool
+	// EnableProfiling is --profiling (Go's profiles on the metrics address).
+	EnableProfiling bool
+	// ShowHiddenMetricsForVersion is accepted for compatibility (no effect).
 	ShowHiddenMetricsForVersion string
+	// quickCleanup: the backend is built to clean another mode's
+	// leftovers at start-up, where checking a few chains replaces saving
+	// big tables (never for --cleanup).
+	quickCleanup bool
 	// LocalhostNodePorts is --iptables-localhost-nodeports.
 	LocalhostNodePorts bool
 	// DetectLocalMode is --detect-local-mode: ClusterCIDR, NodeCIDR,
