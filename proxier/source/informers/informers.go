@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
@@ -47,13 +48,13 @@ func Run(ctx context.Context, client kubernetes.Interface, nodeName, proxyName s
 	defer cancel()
 
 	selector := source.LabelSelector(proxyName).String()
-	services := informers.NewSharedInformerFactoryWithOptions(client, 0,
+	services := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Trim),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
-	nodes := informers.NewSharedInformerFactoryWithOptions(client, 0,
+	nodes := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Trim),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", nodeName).String()
 		}))
-	pods := informers.NewSharedInformerFactoryWithOptions(client, 0,
+	pods := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(Trim),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
 		}))
@@ -187,4 +188,32 @@ func handler[T interface {
 			}
 		},
 	}
+}
+
+// lastApplied is kubectl's copy of the whole applied manifest.
+const lastApplied = "kubectl.kubernetes.io/last-applied-configuration"
+
+// Trim is the informers' transform: it drops what no decision reads and
+// what costs memory at scale before an object enters the caches, its
+// managedFields (as kube-proxy trims them) and kubectl's
+// last-applied-configuration annotation (a second copy of the object).
+// Anything that is not an object (a tombstone) is returned as it is.
+func Trim(obj any) (any, error) {
+	acc, err := apimeta.Accessor(obj)
+	if err != nil {
+		return obj, nil
+	}
+	acc.SetManagedFields(nil)
+	if a := acc.GetAnnotations(); a != nil {
+		if _, ok := a[lastApplied]; ok {
+			kept := make(map[string]string, len(a)-1)
+			for k, v := range a {
+				if k != lastApplied {
+					kept[k] = v
+				}
+			}
+			acc.SetAnnotations(kept)
+		}
+	}
+	return obj, nil
 }

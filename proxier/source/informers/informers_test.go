@@ -200,3 +200,29 @@ func TestHandlerTombstones(t *testing.T) {
 		t.Fatalf("delivered %v, want %v", got, want)
 	}
 }
+
+func TestTrimDropsManagedFieldsAndLastApplied(t *testing.T) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{
+		Name: "web", Namespace: "default",
+		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationApply}},
+		Annotations: map[string]string{
+			"kubectl.kubernetes.io/last-applied-configuration": `{"a":"big copy"}`,
+			"service.kubernetes.io/topology-mode":              "Auto",
+		},
+	}}
+	out, err := Trim(svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*corev1.Service)
+	if got.ManagedFields != nil {
+		t.Errorf("managedFields kept: %v", got.ManagedFields)
+	}
+	if len(got.Annotations) != 1 || got.Annotations["service.kubernetes.io/topology-mode"] != "Auto" {
+		t.Errorf("annotations after Trim: %v", got.Annotations)
+	}
+	tomb := cache.DeletedFinalStateUnknown{Key: "default/web"}
+	if out, err := Trim(tomb); err != nil || out != tomb {
+		t.Errorf("a tombstone changed: %v %v", out, err)
+	}
+}
