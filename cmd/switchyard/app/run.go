@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"reflect"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -24,6 +25,10 @@ import (
 	"github.com/switchyard-proxy/switchyard/proxier/source/manifests"
 	"github.com/switchyard-proxy/switchyard/proxier/tracker"
 )
+
+// freeAfterBytes is the size of a full sync's writes above which its
+// garbage is returned to the OS at once.
+const freeAfterBytes = 4 << 20
 
 // runProxy is the daemon: sources feed the tracker, the runner plans and
 // syncs the backend, and the health, metrics and health-check node-port
@@ -95,6 +100,12 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 		}
 		obs.programmed(plan)
 		hc.sync(plan.Snapshots)
+		if (full || res.Full) && res.Bytes >= freeAfterBytes {
+			// A big full sync leaves its rendering (tens of MB at 10k
+			// services) as garbage: hand it back to the node now rather
+			// than keep it resident until the heap grows into it.
+			debug.FreeOSMemory()
+		}
 		// Once this mode's rules are in place, remove what another
 		// switchyard mode left on the node (a mode switch): doing it after
 		// the first successful sync never leaves the node without rules.

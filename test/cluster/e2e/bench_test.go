@@ -338,12 +338,19 @@ func runBench(t *testing.T, cfg benchConfig, proxy, bin string, n int) (r benchR
 	r.rss, r.peakRSS, r.cpu = procStats(proc.PID())
 	if profiled != nil {
 		<-profiled
+		heap := filepath.Join(os.Getenv("SWY_BENCH_PROFILE"), fmt.Sprintf("%s-%d-heap.pprof", proxy, n))
+		if code, body, err := e.getTimeout(benchMetrics, "/debug/pprof/heap", 20*time.Second); err == nil && code == 200 {
+			if err := os.WriteFile(heap, []byte(body), 0o644); err == nil {
+				progress("heap profile after the cold start: %s", heap)
+			}
+		}
 	}
 	return r
 }
 
 // cpuProfile saves a CPU profile of the proxy's first seconds
-// (SWY_BENCH_PROFILE=dir; both proxies run with --profiling).
+// (SWY_BENCH_PROFILE=dir, which also gets a heap profile after the cold
+// start; both proxies run with --profiling).
 func cpuProfile(e *env, path string) {
 	for i := 0; i < 50; i++ {
 		code, body, err := e.getTimeout(benchMetrics, "/debug/pprof/profile?seconds=10", 20*time.Second)
