@@ -221,6 +221,23 @@ func TestTrimDropsManagedFieldsAndLastApplied(t *testing.T) {
 	if len(got.Annotations) != 1 || got.Annotations["service.kubernetes.io/topology-mode"] != "Auto" {
 		t.Errorf("annotations after Trim: %v", got.Annotations)
 	}
+	host, node := "web-0", "node-a"
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-x", OwnerReferences: []metav1.OwnerReference{{Kind: "Service", Name: "web"}}},
+		Endpoints: []discoveryv1.Endpoint{{
+			Addresses: []string{"10.244.0.5"}, Hostname: &host, NodeName: &node,
+			TargetRef:          &corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "web-0"},
+			DeprecatedTopology: map[string]string{"kubernetes.io/hostname": "node-a"},
+		}},
+	}
+	out, _ = Trim(slice)
+	ts := out.(*discoveryv1.EndpointSlice)
+	if ts.OwnerReferences != nil || ts.Endpoints[0].TargetRef != nil || ts.Endpoints[0].Hostname != nil || ts.Endpoints[0].DeprecatedTopology != nil {
+		t.Errorf("slice kept what no decision reads: %+v", ts)
+	}
+	if ts.Endpoints[0].Addresses[0] != "10.244.0.5" || *ts.Endpoints[0].NodeName != "node-a" {
+		t.Errorf("slice lost what decisions read: %+v", ts.Endpoints[0])
+	}
 	tomb := cache.DeletedFinalStateUnknown{Key: "default/web"}
 	if out, err := Trim(tomb); err != nil || out != tomb {
 		t.Errorf("a tombstone changed: %v %v", out, err)

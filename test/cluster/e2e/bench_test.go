@@ -24,6 +24,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -578,10 +579,13 @@ func benchSlice(i, eps, gen int) *discoveryv1.EndpointSlice {
 			g = gen
 		}
 		node := otherNode
+		// What the EndpointSlice controller writes: a reference to the pod.
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
 			Addresses:  []string{benchEndpointIP(i, j, g)},
 			Conditions: discoveryv1.EndpointConditions{Ready: &yes, Serving: &yes},
 			NodeName:   &node,
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: benchNamespace,
+				Name: fmt.Sprintf("%s-%d-%d", benchSvcName(i), j, g), UID: types.UID(fmt.Sprintf("00000000-0000-4000-8000-%012d", i*100+j))},
 		})
 	}
 	return slice
