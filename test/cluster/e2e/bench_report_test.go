@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"math"
+	"os"
+	"runtime"
 	"strings"
 	"time"
 )
@@ -57,8 +59,9 @@ func findResult(results []benchResult, proxy string, n int) (benchResult, bool) 
 func benchTable(cfg benchConfig, counts []int, proxies []string, results []benchResult) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Side by side, %s mode, %d endpoints per service\n\n", cfg.mode, cfg.eps)
-	fmt.Fprintf(&b, "%s; %d one-endpoint changes per run; one proxy at a time, same lab, same API server objects, same command line.\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), cfg.changes)
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Fprintf(&b, "%s; %d one-endpoint changes per run; one proxy at a time, same lab, same API server objects, same command line; %d CPUs, load average at the end %s.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), cfg.changes, runtime.NumCPU(), strings.Join(strings.Fields(string(load))[:3], " "))
 	ratio := len(proxies) == 2 && proxies[0] == "kube-proxy" && proxies[1] == "switchyard"
 	for _, n := range counts {
 		fmt.Fprintf(&b, "## N = %d services\n\n| measure |", n)
