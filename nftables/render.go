@@ -310,20 +310,6 @@ func (r *renderer) fixed() objects {
 	return o
 }
 
-// fixedNames are the names of the fixed chains, sets and maps.
-func fixedNames() map[string]bool {
-	r, _ := newRenderer(&proxier.Snapshot{Family: proxier.IPv4})
-	out := map[string]bool{}
-	f := r.fixed()
-	for _, c := range f.chains {
-		out[c.name] = true
-	}
-	for _, s := range f.sets {
-		out[s.name] = true
-	}
-	return out
-}
-
 // service renders one service port. skip reports whether a map key is
 // already owned by another service port (the key is then left out).
 func (r *renderer) service(sp *proxier.ServicePort, taken func(key string) bool) *serviceObjects {
