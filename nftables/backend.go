@@ -224,22 +224,25 @@ func (b *Backend) fullSync(ctx context.Context, st *familyState, snap *proxier.S
 		return res, fmt.Errorf("listing table %s: %w", TableName, err)
 	}
 	tx := st.nft.NewTransaction()
+	have := map[string]bool{}
+	for typ, names := range existing {
+		for _, n := range names {
+			have[typ+" "+n] = true
+		}
+	}
 	if st.needFull && len(existing["chain"]) > 0 {
 		// Base chains are re-created once per process so that a hook or
 		// priority changed by an older version (or by hand) is corrected:
 		// adding a base chain with other properties would fail.
-		have := map[string]bool{}
-		for _, c := range existing["chain"] {
-			have[c] = true
-		}
 		for _, c := range rs.fixed.chains {
-			if c.base != nil && have[c.name] {
+			if c.base != nil && have["chain "+c.name] {
 				tx.Flush(&knftables.Chain{Name: c.name})
 				tx.Delete(&knftables.Chain{Name: c.name})
+				delete(have, "chain "+c.name)
 			}
 		}
 	}
-	rs.fullTransaction(tx)
+	rs.fullTransaction(tx, func(kind, name string) bool { return have[kind+" "+name] })
 	want := map[string]bool{}
 	for _, o := range rs.allObjects() {
 		for _, c := range o.chains {

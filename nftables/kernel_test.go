@@ -35,7 +35,7 @@ func requireNFT(t *testing.T) {
 var nsSeq atomic.Int32
 
 // kernelNS creates a namespace, removed in t.Cleanup.
-func kernelNS(t *testing.T) string {
+func kernelNS(t testing.TB) string {
 	t.Helper()
 	name := fmt.Sprintf("swy-nft-%d-%d", os.Getpid()%100000, nsSeq.Add(1))
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
@@ -96,7 +96,7 @@ func (x *nsInterface) ListCounters(ctx context.Context) (out []*knftables.Counte
 }
 
 // kernelBackend returns a backend writing into ns.
-func kernelBackend(t *testing.T, ns string) *Backend {
+func kernelBackend(t testing.TB, ns string) *Backend {
 	t.Helper()
 	b, err := New(Config{Logger: quietLogger(), NewInterface: func(f proxier.IPFamily) (knftables.Interface, error) {
 		return newNSInterface(ns, f)

@@ -532,25 +532,27 @@ func render(snap *proxier.Snapshot) (*ruleset, error) {
 	return rs, nil
 }
 
-// fullTransaction adds to tx everything a full sync writes over an empty or
-// previous table (without deleting stale objects): the table, every chain
-// (added and flushed), every set and map, the verdict maps flushed, then
-// rules and elements.
-func (rs *ruleset) fullTransaction(tx *knftables.Transaction) {
-	tx.Add(&knftables.Table{Comment: knftables.PtrTo("switchyard service proxy rules")})
-	all := append([]*objects{&rs.fixed}, make([]*objects, 0, len(rs.services))...)
-	for _, s := range rs.services {
-		all = append(all, &s.objects)
+// fullTransaction adds to tx everything a full sync writes: the table,
+// every set and map, every chain, then rules and elements. exists reports
+// whether a chain, set or map is already in the kernel (nil: the table is
+// empty); those are flushed first (affinity sets excepted: clients keep
+// their endpoints).
+func (rs *ruleset) fullTransaction(tx *knftables.Transaction, exists func(kind, name string) bool) {
+	if exists == nil {
+		exists = func(string, string) bool { return false }
 	}
+	tx.Add(&knftables.Table{Comment: knftables.PtrTo("switchyard service proxy rules")})
+	all := rs.allObjects()
 	for _, o := range all {
 		for _, s := range o.sets {
 			tx.Add(s.object())
 		}
 	}
 	for _, s := range rs.fixed.sets {
-		if s.isMap {
+		switch {
+		case s.isMap && exists("map", s.name):
 			tx.Flush(&knftables.Map{Name: s.name})
-		} else {
+		case !s.isMap && exists("set", s.name):
 			tx.Flush(&knftables.Set{Name: s.name})
 		}
 	}
@@ -561,7 +563,9 @@ func (rs *ruleset) fullTransaction(tx *knftables.Transaction) {
 	}
 	for _, o := range all {
 		for _, c := range o.chains {
-			tx.Flush(&knftables.Chain{Name: c.name})
+			if exists("chain", c.name) {
+				tx.Flush(&knftables.Chain{Name: c.name})
+			}
 		}
 	}
 	for _, o := range all {
@@ -589,7 +593,7 @@ func Render(snaps []*proxier.Snapshot) (string, error) {
 			return "", err
 		}
 		tx := knftables.NewFake(knftablesFamily(s.Family), TableName).NewTransaction()
-		rs.fullTransaction(tx)
+		rs.fullTransaction(tx, nil)
 		fmt.Fprintf(&sb, "# switchyard nftables rules (%s)\n", s.Family)
 		sb.WriteString(tx.String())
 	}
