@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 
 	"sigs.k8s.io/knftables"
@@ -182,13 +183,35 @@ func (b *Backend) syncFamily(ctx context.Context, st *familyState, snap *proxier
 	for name := range d.redo {
 		scope[name] = true
 	}
+	names := make([]proxier.ServicePortName, 0, len(scope))
 	for name := range scope {
+		names = append(names, name)
+	}
+	slices.SortFunc(names, func(a, b proxier.ServicePortName) int {
+		if a.Less(b) {
+			return -1
+		}
+		if b.Less(a) {
+			return 1
+		}
+		return 0
+	})
+	// A map or set key belongs to one service port: one that keeps it
+	// (unchanged and still present), or the first in this sync to want it.
+	claimed := map[string]proxier.ServicePortName{}
+	for _, name := range names {
 		var want *serviceObjects
 		if sp := present[name]; sp != nil {
 			want = r.service(sp, func(id string) bool {
+				if o, ok := claimed[id]; ok && o != name {
+					return true
+				}
 				w := st.objs[id]
 				return w != nil && !w.fixed && w.owner != name && present[w.owner] != nil && !scope[w.owner]
 			})
+			for _, e := range want.elems {
+				claimed[e.id()] = name
+			}
 		}
 		d.service(name, want)
 	}

@@ -198,7 +198,9 @@ func TestKernelDriftRepair(t *testing.T) {
 	snaps := goldenCases()["external"]
 	sp := snaps[0].Services[0]
 	svcChain := ServiceChain(sp.Name)
-	epChain := EndpointChain(sp.Name, sp.ClusterEndpoints[0])
+	extChain := namesFor(sp.Name).ext
+	hp := sp.ClusterEndpoints[0].Addr
+	hairpin := fmt.Sprintf("{ %s . %s . %s . %d }", hp.Addr(), hp.Addr(), sp.Protocol.Lower(), hp.Port())
 	key := fmt.Sprintf("%s . %s . %d", sp.ClusterIP, sp.Protocol.Lower(), sp.Port)
 	cases := []struct {
 		name string
@@ -210,7 +212,8 @@ func TestKernelDriftRepair(t *testing.T) {
 			{"delete", "element", "ip", TableName, mapServiceIPs, "{ " + key + " }"},
 			{"add", "element", "ip", TableName, mapServiceIPs, "{ " + key + " : drop }"}}, "element"},
 		{"flush a service chain", [][]string{{"flush", "chain", "ip", TableName, svcChain}}, "chain"},
-		{"flush an endpoint chain", [][]string{{"flush", "chain", "ip", TableName, epChain}}, "chain"},
+		{"flush an external chain", [][]string{{"flush", "chain", "ip", TableName, extChain}}, "chain"},
+		{"delete a hairpin element", [][]string{{"delete", "element", "ip", TableName, setHairpin, hairpin}}, "element"},
 		{"delete the nat-prerouting base chain", [][]string{{"delete", "chain", "ip", TableName, chainNATPrerouting}}, "chain"},
 		{"add a rule to the services chain", [][]string{{"add", "rule", "ip", TableName, chainServices, "ip daddr 10.1.2.3 drop"}}, "chain"},
 		{"add a chain", [][]string{{"add", "chain", "ip", TableName, "bogus"}}, "unexpected-chain"},

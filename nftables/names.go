@@ -34,6 +34,7 @@ const (
 	mapNoEndpointNodePort = "no-endpoint-nodeports"
 	mapFirewallIPs        = "firewall-ips"
 	setNodePortIPs        = "nodeport-ips"
+	setHairpin            = "hairpin-connections"
 
 	prefixSVC      = "svc-"
 	prefixSVL      = "svl-"

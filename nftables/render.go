@@ -278,7 +278,9 @@ func (r *renderer) fixed() objects {
 		rule{text: "fib daddr type local " + nodePortDst + " meta l4proto . th dport vmap @" + mapServiceNodePorts,
 			comment: "node ports"})
 	chain(chainMasquerading,
-		rule{text: "mark and " + r.mark + " != 0 mark set mark xor " + r.mark + " masquerade fully-random"})
+		rule{text: "mark and " + r.mark + " != 0 mark set mark xor " + r.mark + " masquerade fully-random"},
+		rule{text: "ct status dnat " + ipX + " saddr . " + ipX + " daddr . meta l4proto . th dport @" + setHairpin + " masquerade fully-random",
+			comment: "endpoints reaching themselves through a service"})
 	chain(chainMarkMasq, rule{text: "mark set mark or " + r.mark})
 	chain(chainServiceEPCheck, rule{text: tuple + " vmap @" + mapNoEndpointServices})
 	chain(chainNodePortEPCheck, rule{text: nodePortDst + " meta l4proto . th dport vmap @" + mapNoEndpointNodePort})
@@ -291,6 +293,7 @@ func (r *renderer) fixed() objects {
 		{name: mapFirewallIPs, isMap: true, typ: tupleType, comment: "load-balancer IPs with source ranges"},
 		{name: mapNoEndpointNodePort, isMap: true, typ: portType, comment: "node ports no endpoint serves"},
 		{name: mapNoEndpointServices, isMap: true, typ: tupleType, comment: "service addresses no endpoint serves"},
+		{name: setHairpin, typ: r.addrType + " . " + r.addrType + " . inet_proto . inet_service", comment: "endpoint . endpoint . protocol . port: hairpin connections"},
 		{name: setNodePortIPs, typ: r.addrType, comment: "addresses node ports answer on"},
 		{name: mapServiceIPs, isMap: true, typ: tupleType, comment: "service addresses"},
 		{name: mapServiceNodePorts, isMap: true, typ: portType, comment: "node ports"},
@@ -462,22 +465,35 @@ func (r *renderer) service(sp *proxier.ServicePort, taken func(key string) bool)
 			affinitySecs = 1
 		}
 	}
+	// Without affinity the policy chain DNATs itself (one numgen map);
+	// with it, each endpoint has a chain that records the client in the
+	// endpoint's affinity set.
 	balance := func(c *chainSpec, eps []proxier.Endpoint) {
 		if affinitySecs > 0 {
 			for _, ep := range eps {
 				add(c, ipX+" saddr @"+affinitySet(sp.Name, ep, affinitySecs)+" goto "+endpointChain(sp.Name, ep),
 					comment(name+" -> "+ep.Addr.String()+" affinity"))
 			}
+			if len(eps) == 1 {
+				add(c, "goto "+endpointChain(sp.Name, eps[0]), comment(name+" -> "+eps[0].Addr.String()))
+				return
+			}
+			parts := make([]string, len(eps))
+			for i, ep := range eps {
+				parts[i] = itoa(i) + " : goto " + endpointChain(sp.Name, ep)
+			}
+			add(c, "numgen random mod "+itoa(len(eps))+" vmap { "+strings.Join(parts, " , ")+" }", comment(name))
+			return
 		}
 		if len(eps) == 1 {
-			add(c, "goto "+endpointChain(sp.Name, eps[0]), comment(name+" -> "+eps[0].Addr.String()))
+			add(c, "meta l4proto "+proto+" dnat to "+hostPort(eps[0]), comment(name+" -> "+eps[0].Addr.String()))
 			return
 		}
 		parts := make([]string, len(eps))
 		for i, ep := range eps {
-			parts[i] = itoa(i) + " : goto " + endpointChain(sp.Name, ep)
+			parts[i] = itoa(i) + " : " + ep.Addr.Addr().String() + " . " + itoa(int(ep.Addr.Port()))
 		}
-		add(c, "numgen random mod "+itoa(len(eps))+" vmap { "+strings.Join(parts, " , ")+" }", comment(name))
+		add(c, "meta l4proto "+proto+" dnat "+ipX+" addr . port to numgen random mod "+itoa(len(eps))+" map { "+strings.Join(parts, " , ")+" }", comment(name))
 	}
 	clusterEPs := sortedEndpoints(sp.ClusterEndpoints)
 	localEPs := sortedEndpoints(sp.LocalEndpoints)
@@ -496,22 +512,33 @@ func (r *renderer) service(sp *proxier.ServicePort, taken func(key string) bool)
 		balance(c, localEPs)
 	}
 	for _, ep := range sortedEndpoints(sp.ReachableEndpoints) {
+		// An endpoint reaching itself through the service is masqueraded
+		// (hairpin), matched after DNAT in the masquerading chain.
+		a, p := ep.Addr.Addr().String(), itoa(int(ep.Addr.Port()))
+		e := &elemSpec{container: setHairpin, key: []string{a, a, proto, p}}
+		if taken == nil || !taken(e.id()) {
+			out.elems = append(out.elems, e)
+		}
+		if affinitySecs == 0 {
+			continue
+		}
 		c := chain(endpointChain(sp.Name, ep))
 		cmt := comment(name)
-		add(c, ipX+" saddr "+ep.Addr.Addr().String()+" jump "+chainMarkMasq, cmt)
-		if affinitySecs > 0 {
-			set := affinitySet(sp.Name, ep, affinitySecs)
-			out.sets = append(out.sets, &setSpec{name: set, typ: r.addrType,
-				flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, timeout: time.Duration(affinitySecs) * time.Second})
-			add(c, "update @"+set+" { "+ipX+" saddr }", cmt)
-		}
-		hostPort := net.JoinHostPort(ep.Addr.Addr().String(), itoa(int(ep.Addr.Port())))
-		add(c, "meta l4proto "+proto+" dnat to "+hostPort, cmt)
+		set := affinitySet(sp.Name, ep, affinitySecs)
+		out.sets = append(out.sets, &setSpec{name: set, typ: r.addrType,
+			flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, timeout: time.Duration(affinitySecs) * time.Second})
+		add(c, "update @"+set+" { "+ipX+" saddr }", cmt)
+		add(c, "meta l4proto "+proto+" dnat to "+hostPort(ep), cmt)
 	}
 	slices.SortFunc(out.chains, func(a, b *chainSpec) int { return strings.Compare(a.name, b.name) })
 	slices.SortFunc(out.sets, func(a, b *setSpec) int { return strings.Compare(a.name, b.name) })
 	slices.SortFunc(out.elems, func(a, b *elemSpec) int { return strings.Compare(a.id(), b.id()) })
 	return out
+}
+
+// hostPort is an endpoint as dnat's argument: IP:PORT or [IP]:PORT.
+func hostPort(ep proxier.Endpoint) string {
+	return net.JoinHostPort(ep.Addr.Addr().String(), itoa(int(ep.Addr.Port())))
 }
 
 // render renders a whole snapshot.
