@@ -220,8 +220,19 @@ func TestKernelDriftRepair(t *testing.T) {
 		{"add an element", [][]string{{"add", "element", "ip", TableName, mapServiceIPs, "{ 10.1.2.3 . tcp . 80 : drop }"}}, "unexpected-element"},
 		{"delete the table", [][]string{{"delete", "table", "ip", TableName}}, "table"},
 	}
+	aff := goldenCases()["affinity"]
+	affEP := aff[0].Services[0].ClusterEndpoints[0]
+	cases = append(cases, struct {
+		name string
+		edit [][]string
+		kind string
+	}{"flush an affinity endpoint chain", [][]string{{"flush", "chain", "ip", TableName, EndpointChain(aff[0].Services[0].Name, affEP)}}, "chain"})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			snaps := snaps
+			if strings.Contains(c.name, "affinity") {
+				snaps = aff
+			}
 			ns := kernelNS(t)
 			b := kernelBackend(t, ns)
 			if _, err := b.Sync(context.Background(), snaps); err != nil {
@@ -293,5 +304,28 @@ func TestKernelPartialEqualsFull(t *testing.T) {
 	}
 	if want := listing(t, fresh); got != want {
 		t.Errorf("partial syncs differ from a full sync:\n--- full\n%s\n--- partial\n%s", want, got)
+	}
+}
+
+// TestKernelRestartOverOldTable starts a second backend (a restarted
+// process) over a table the first one wrote for other services: its first
+// sync replaces the table in one transaction, deleting the stale chains,
+// sets and elements, and equals a fresh full sync.
+func TestKernelRestartOverOldTable(t *testing.T) {
+	requireNFT(t)
+	ns := kernelNS(t)
+	if _, err := kernelBackend(t, ns).Sync(context.Background(), goldenCases()["affinity"]); err != nil {
+		t.Fatal(err)
+	}
+	next := goldenCases()["lb-source-ranges"]
+	if _, err := kernelBackend(t, ns).Sync(context.Background(), next); err != nil {
+		t.Fatalf("sync of a restarted backend over the old table: %v", err)
+	}
+	fresh := kernelNS(t)
+	if _, err := kernelBackend(t, fresh).Sync(context.Background(), next); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := listing(t, ns), listing(t, fresh); got != want {
+		t.Errorf("restarted sync differs from a fresh one:\n--- fresh\n%s\n--- restarted\n%s", want, got)
 	}
 }
