@@ -80,13 +80,12 @@ type Result struct {
 
 // state is one branch of the packet's journey.
 type state struct {
-	src, dst    netip.Addr
-	dport       uint16
-	mark        uint32
-	dnat        bool
-	masq        bool
-	outIfaceLoc bool
-	path        []string
+	src, dst netip.Addr
+	dport    uint16
+	mark     uint32
+	dnat     bool
+	masq     bool
+	path     []string
 }
 
 func (s state) clone() state {
