@@ -55,7 +55,7 @@ func TestPartialSyncTouchesOnlyTheChange(t *testing.T) {
 			t.Errorf("partial sync wrote a line of another service: %s", line)
 		}
 	}
-	if !strings.Contains(tx, "10.200.0.1 . 8080") || !strings.Contains(tx, "delete element ip switchyard hairpin-connections { "+orig.Addr.Addr().String()) {
+	if !strings.Contains(tx, "dnat to 10.200.0.1:8080") || !strings.Contains(tx, "delete element ip switchyard hairpin-connections { "+orig.Addr.Addr().String()) {
 		t.Errorf("partial sync misses the new endpoint or the old hairpin element's deletion:\n%s", tx)
 	}
 	// The result equals a full sync of the same snapshot.
@@ -116,7 +116,7 @@ func TestFailedTransactionForcesFullSync(t *testing.T) {
 	if err != nil || !res.Full {
 		t.Fatalf("the sync after a failure must be full: %+v %v", res, err)
 	}
-	if !strings.Contains(f.Dump(), "10.200.0.9 . 8080") {
+	if !strings.Contains(f.Dump(), "10.200.0.9:8080") {
 		t.Error("the full sync did not write the change")
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
@@ -89,6 +91,7 @@ func BenchmarkOneEndpointChange(b *testing.B) {
 			}
 			sp := snap.Services[n/2]
 			orig := sp.AllEndpoints[9]
+			var times []time.Duration
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
@@ -100,11 +103,16 @@ func BenchmarkOneEndpointChange(b *testing.B) {
 				resolve(sp)
 				next := partial(snap, sp.Name)
 				b.StartTimer()
+				start := time.Now()
 				res, err := be.Sync(context.Background(), []*proxier.Snapshot{next})
+				times = append(times, time.Since(start))
 				if err != nil || res.Full || !res.Wrote {
 					b.Fatalf("partial sync: %+v %v", res, err)
 				}
 			}
+			slices.Sort(times)
+			b.ReportMetric(float64(times[len(times)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(times[(len(times)*99)/100].Microseconds())/1000, "p99-ms")
 		})
 	}
 }

@@ -465,7 +465,7 @@ func (r *renderer) service(sp *proxier.ServicePort, taken func(key string) bool)
 			affinitySecs = 1
 		}
 	}
-	// Without affinity the policy chain DNATs itself (one numgen map);
+	// Without affinity the policy chain DNATs itself;
 	// with it, each endpoint has a chain that records the client in the
 	// endpoint's affinity set.
 	balance := func(c *chainSpec, eps []proxier.Endpoint) {
@@ -485,15 +485,17 @@ func (r *renderer) service(sp *proxier.ServicePort, taken func(key string) bool)
 			add(c, "numgen random mod "+itoa(len(eps))+" vmap { "+strings.Join(parts, " , ")+" }", comment(name))
 			return
 		}
-		if len(eps) == 1 {
-			add(c, "meta l4proto "+proto+" dnat to "+hostPort(eps[0]), comment(name+" -> "+eps[0].Addr.String()))
-			return
-		}
-		parts := make([]string, len(eps))
+		// Endpoint i is taken with probability 1/(n-i) among what is
+		// left: uniform overall. A cascade of rules rather than one
+		// numgen map: the kernel allocates each anonymous map by scanning
+		// every set of the table (quadratic in services; see README).
 		for i, ep := range eps {
-			parts[i] = itoa(i) + " : " + ep.Addr.Addr().String() + " . " + itoa(int(ep.Addr.Port()))
+			cond := ""
+			if i < len(eps)-1 {
+				cond = "numgen random mod " + itoa(len(eps)-i) + " 0 "
+			}
+			add(c, cond+"meta l4proto "+proto+" dnat to "+hostPort(ep), comment(name+" -> "+ep.Addr.String()))
 		}
-		add(c, "meta l4proto "+proto+" dnat "+ipX+" addr . port to numgen random mod "+itoa(len(eps))+" map { "+strings.Join(parts, " , ")+" }", comment(name))
 	}
 	clusterEPs := sortedEndpoints(sp.ClusterEndpoints)
 	localEPs := sortedEndpoints(sp.LocalEndpoints)

@@ -440,6 +440,17 @@ func (tr *tracer) rule(st state, r *knftables.Rule, depth int) ([]branch, error)
 			return []branch{{st: st, status: accepted}}, nil
 		case t == "jump" || t == "goto":
 			return tr.verdict(st, t+" "+toks[i+1], depth)
+		case t == "numgen" && i+4 < len(toks) && toks[i+1] == "random" && toks[i+2] == "mod" && toks[i+4] != "vmap":
+			// numgen random mod N V: matches or not, both are possible.
+			if _, err := strconv.Atoi(toks[i+4]); err != nil {
+				return nil, fmt.Errorf("unknown numgen match %q", strings.Join(toks[i:i+5], " "))
+			}
+			rest := &knftables.Rule{Chain: r.Chain, Rule: strings.Join(toks[i+5:], " ")}
+			bs, err := tr.rule(st, rest, depth)
+			if err != nil {
+				return nil, err
+			}
+			return append(bs, no...), nil
 		case t == "numgen":
 			// numgen random mod N vmap { 0 : goto X , ... }: every
 			// alternative is a branch.
