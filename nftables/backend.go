@@ -162,22 +162,24 @@ func (b *Backend) syncFamily(ctx context.Context, st *familyState, snap *proxier
 		}
 		res.repaired = drift.counts
 	}
-	// The service ports to rewrite: the changed ones, the ones whose
-	// presence disagrees with memory, the ones verify found drifted.
+	// The service ports to rewrite: the changed ones, the ones verify
+	// found drifted and, on a verifying sync, the ones whose presence
+	// disagrees with memory (a safety net for the tracker's change set:
+	// it costs O(N), so partial syncs do not scan).
 	scope := map[proxier.ServicePortName]bool{}
 	for name := range snap.Changed {
 		scope[name] = true
 	}
-	present := make(map[proxier.ServicePortName]*proxier.ServicePort, len(snap.Services))
-	for _, sp := range snap.Services {
-		present[sp.Name] = sp
-		if _, ok := st.bySvc[sp.Name]; !ok {
-			scope[sp.Name] = true
+	if snap.Verify {
+		for _, sp := range snap.Services {
+			if _, ok := st.bySvc[sp.Name]; !ok {
+				scope[sp.Name] = true
+			}
 		}
-	}
-	for name := range st.bySvc {
-		if present[name] == nil {
-			scope[name] = true
+		for name := range st.bySvc {
+			if snap.Lookup(name) == nil {
+				scope[name] = true
+			}
 		}
 	}
 	for name := range d.redo {
@@ -201,13 +203,13 @@ func (b *Backend) syncFamily(ctx context.Context, st *familyState, snap *proxier
 	claimed := map[string]proxier.ServicePortName{}
 	for _, name := range names {
 		var want *serviceObjects
-		if sp := present[name]; sp != nil {
+		if sp := snap.Lookup(name); sp != nil {
 			want = r.service(sp, func(id string) bool {
 				if o, ok := claimed[id]; ok && o != name {
 					return true
 				}
 				w := st.objs[id]
-				return w != nil && !w.fixed && w.owner != name && present[w.owner] != nil && !scope[w.owner]
+				return w != nil && !w.fixed && w.owner != name && !scope[w.owner] && snap.Lookup(w.owner) != nil
 			})
 			for _, e := range want.elems {
 				claimed[e.id()] = name

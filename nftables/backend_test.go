@@ -141,3 +141,30 @@ func TestRemovedServiceLeavesNothing(t *testing.T) {
 		t.Errorf("after removing the service:\n%s\nwant\n%s", got, want)
 	}
 }
+
+// A verifying sync also catches a service port the change set missed
+// (added or removed without being named in Changed).
+func TestVerifyCatchesUnnamedChanges(t *testing.T) {
+	b, fs := fakes(t)
+	snap := bigSnapshot(4, 2)
+	if _, err := b.Sync(context.Background(), []*proxier.Snapshot{snap}); err != nil {
+		t.Fatal(err)
+	}
+	next := bigSnapshot(5, 2)
+	next.Services = next.Services[1:] // one removed, one added, none named
+	v := partial(next)
+	if res, err := b.Sync(context.Background(), []*proxier.Snapshot{v}); err != nil || res.Wrote {
+		t.Fatalf("a partial sync with an empty change set must write nothing: %+v %v", res, err)
+	}
+	v.Verify = true
+	if res, err := b.Sync(context.Background(), []*proxier.Snapshot{v}); err != nil || !res.Wrote {
+		t.Fatalf("verifying sync: %+v %v", res, err)
+	}
+	b2, fs2 := fakes(t)
+	if _, err := b2.Sync(context.Background(), []*proxier.Snapshot{next}); err != nil {
+		t.Fatal(err)
+	}
+	if sortedLines(fs[proxier.IPv4].Dump()) != sortedLines(fs2[proxier.IPv4].Dump()) {
+		t.Error("after the verifying sync the table differs from a full sync")
+	}
+}
