@@ -61,7 +61,7 @@ func TestModeSwitchFromIPVSLeftovers(t *testing.T) {
 // A node switches iptables -> nftables -> iptables with `switchyard
 // --once`: after each run traffic flows and nothing of the other mode is
 // left (no SWY- chain in nftables mode, no switchyard nft table in
-// iptables mode).
+// iptables mode); `--cleanup` then removes the nftables tables too.
 func TestModeSwitchIPTablesNFTables(t *testing.T) {
 	requireRoot(t)
 	s, _, l, dir := setupScenario(t, "clusterip-tcp")
@@ -91,5 +91,16 @@ func TestModeSwitchIPTablesNFTables(t *testing.T) {
 		if mode == "iptables" && (!hasChains || hasTable) {
 			t.Errorf("iptables mode: SWY- chains %v (want them), switchyard table %v (want none)\n%s", hasChains, hasTable, tables)
 		}
+	}
+	// --cleanup (in nftables mode, after an nftables run) removes both.
+	runOnceMode(t, l, dir, s.Config, "nftables")
+	if out, err := exec.Command("ip", "netns", "exec", l.Node, switchyardBinary(t), "--cleanup", "--proxy-mode", "nftables").CombinedOutput(); err != nil {
+		t.Fatalf("switchyard --cleanup: %v\n%s", err, out)
+	}
+	if tables := inNode("nft", "list", "tables"); strings.Contains(tables, "switchyard") {
+		t.Errorf("--cleanup left the nft table:\n%s", tables)
+	}
+	if save := inNode("iptables-nft-save"); strings.Contains(save, ":SWY-") {
+		t.Errorf("--cleanup left SWY- chains:\n%s", save)
 	}
 }
