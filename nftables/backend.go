@@ -25,7 +25,8 @@ type Config struct {
 	Logger *slog.Logger
 	// NewInterface returns the knftables interface of the family's
 	// switchyard table; nil means knftables.New (the nft binary on this
-	// machine). Tests pass knftables fakes.
+	// machine, names listed over netlink) with the rules of verifying
+	// syncs read over netlink. Tests pass knftables fakes.
 	NewInterface func(family proxier.IPFamily) (knftables.Interface, error)
 }
 
@@ -67,9 +68,7 @@ func New(cfg Config) (*Backend, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.NewInterface == nil {
-		cfg.NewInterface = func(f proxier.IPFamily) (knftables.Interface, error) {
-			return knftables.New(knftablesFamily(f), TableName)
-		}
+		cfg.NewInterface = newKernelNFT
 	}
 	return &Backend{cfg: cfg, log: cfg.Logger, fams: map[proxier.IPFamily]*familyState{}}, nil
 }
@@ -244,8 +243,8 @@ func (b *Backend) fullSync(ctx context.Context, st *familyState, snap *proxier.S
 	if err != nil {
 		return res, err
 	}
-	existing, err := st.nft.ListAll(ctx)
-	if err != nil && !knftables.IsNotFound(err) {
+	existing, err := listNames(ctx, st.nft)
+	if err != nil && !isNotFound(err) {
 		return res, fmt.Errorf("listing table %s: %w", TableName, err)
 	}
 	tx := st.nft.NewTransaction()

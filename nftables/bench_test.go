@@ -166,3 +166,30 @@ func BenchmarkOneEndpointChangeGo(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkVerifyIdle is a verifying sync that finds nothing to repair
+// (the periodic check): one table listing, one terse rule listing, one
+// listing per fixed map or set.
+//
+//	go test ./nftables -run XXX -bench VerifyIdle -benchtime 3x
+func BenchmarkVerifyIdle(b *testing.B) {
+	benchRoot(b)
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			snap := bigSnapshot(n, 10)
+			ns := kernelNS(b)
+			be := kernelBackend(b, ns)
+			if _, err := be.Sync(context.Background(), []*proxier.Snapshot{snap}); err != nil {
+				b.Fatal(err)
+			}
+			v := verifying([]*proxier.Snapshot{snap})
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				res, err := be.Sync(context.Background(), v)
+				if err != nil || res.Wrote {
+					b.Fatalf("idle verify: %+v %v", res, err)
+				}
+			}
+		})
+	}
+}

@@ -51,18 +51,25 @@ func kernelNS(t testing.TB) string {
 
 // nsInterface is a knftables interface whose every call runs inside ns.
 type nsInterface struct {
-	ns  string
-	nft knftables.Interface
+	ns     string
+	family proxier.IPFamily
+	nft    knftables.Interface
 }
 
 func newNSInterface(ns string, f proxier.IPFamily) (knftables.Interface, error) {
-	x := &nsInterface{ns: ns}
+	x := &nsInterface{ns: ns, family: f}
 	err := lab.InNS(ns, func() error {
 		var err error
-		x.nft, err = knftables.New(knftablesFamily(f), TableName)
+		x.nft, err = newKernelNFT(f)
 		return err
 	})
 	return x, err
+}
+
+// ruleSummary runs the production netlink rule dump inside the namespace.
+func (x *nsInterface) ruleSummary(ctx context.Context) (out map[string]*seenChain, err error) {
+	err = x.in(func() error { out, err = netlinkRuleSummary(x.family); return err })
+	return out, err
 }
 
 func (x *nsInterface) in(fn func() error) error { return lab.InNS(x.ns, fn) }

@@ -23,13 +23,14 @@ type driftReport struct {
 // the repairs into d: service ports (or the fixed objects) with a missing
 // or changed chain, set or element are rewritten whole; chains, sets,
 // maps and elements switchyard did not write are deleted. It reads the
-// kernel with one table listing (names), one terse rule listing (each
-// chain's rule count and comments) and one listing per fixed map or set.
+// kernel with one listing of names (netlink), one netlink dump of the
+// rules (each chain's rule count and comments, expressions not decoded)
+// and one listing per fixed map or set.
 func (b *Backend) verify(ctx context.Context, st *familyState, r *renderer, d *diff) (driftReport, error) {
 	rep := driftReport{counts: map[string]int{}}
-	all, err := st.nft.ListAll(ctx)
+	all, err := listNames(ctx, st.nft)
 	if err != nil {
-		if knftables.IsNotFound(err) {
+		if isNotFound(err) {
 			rep.full = true
 			return rep, nil
 		}
@@ -51,23 +52,9 @@ func (b *Backend) verify(ctx context.Context, st *familyState, r *renderer, d *d
 			return rep, nil
 		}
 	}
-	rules, err := st.nft.ListRules(ctx, "")
+	chains, err := summaryFromRules(ctx, st.nft)
 	if err != nil {
 		return rep, fmt.Errorf("listing the rules of table %s: %w", TableName, err)
-	}
-	chains := map[string]*seenChain{}
-	for _, rl := range rules {
-		s := chains[rl.Chain]
-		if s == nil {
-			s = &seenChain{}
-			chains[rl.Chain] = s
-		}
-		s.n++
-		c := ""
-		if rl.Comment != nil {
-			c = *rl.Comment
-		}
-		s.comments = append(s.comments, c)
 	}
 
 	var changed, missing []string
