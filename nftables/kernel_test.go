@@ -66,6 +66,12 @@ func newNSInterface(ns string, f proxier.IPFamily) (knftables.Interface, error) 
 	return x, err
 }
 
+// listElements runs the production netlink element dump inside the namespace.
+func (x *nsInterface) listElements(ctx context.Context, s *setSpec) (out []*knftables.Element, err error) {
+	err = x.in(func() error { out, err = netlinkElements(x.family, s); return err })
+	return out, err
+}
+
 // ruleSummary runs the production netlink rule dump inside the namespace.
 func (x *nsInterface) ruleSummary(ctx context.Context) (out map[string]*seenChain, err error) {
 	err = x.in(func() error { out, err = netlinkRuleSummary(x.family); return err })

@@ -108,13 +108,9 @@ func (b *Backend) verify(ctx context.Context, st *familyState, r *renderer, d *d
 
 	// Elements of the fixed maps and sets.
 	for _, s := range fixed.sets {
-		typ := "set"
-		if s.isMap {
-			typ = "map"
-		}
-		elems, err := st.nft.ListElements(ctx, typ, s.name)
+		elems, err := listElements(ctx, st.nft, s)
 		if err != nil {
-			return rep, fmt.Errorf("listing %s %s: %w", typ, s.name, err)
+			return rep, fmt.Errorf("listing %s: %w", s.name, err)
 		}
 		found := map[string]bool{}
 		for _, e := range elems {
