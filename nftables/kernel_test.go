@@ -73,8 +73,8 @@ func (x *nsInterface) listElements(ctx context.Context, s *setSpec) (out []*knft
 }
 
 // ruleSummary runs the production netlink rule dump inside the namespace.
-func (x *nsInterface) ruleSummary(ctx context.Context) (out map[string]*seenChain, err error) {
-	err = x.in(func() error { out, err = netlinkRuleSummary(x.family); return err })
+func (x *nsInterface) ruleSummary(ctx context.Context, chains []string) (out map[string]*seenChain, err error) {
+	err = x.in(func() error { out, err = netlinkRuleSummary(x.family, chains); return err })
 	return out, err
 }
 

@@ -20,7 +20,7 @@ import (
 // each chain's rule count and comments more cheaply than ListRules (which
 // makes nft print and knftables parse the whole table as JSON).
 type ruleSummarizer interface {
-	ruleSummary(ctx context.Context) (map[string]*seenChain, error)
+	ruleSummary(ctx context.Context, chains []string) (map[string]*seenChain, error)
 }
 
 // kernelNFT is the production interface: knftables (with its netlink
@@ -38,104 +38,126 @@ func newKernelNFT(f proxier.IPFamily) (knftables.Interface, error) {
 	return &kernelNFT{Interface: nft, family: f}, nil
 }
 
-func (k *kernelNFT) ruleSummary(ctx context.Context) (map[string]*seenChain, error) {
-	return netlinkRuleSummary(k.family)
+func (k *kernelNFT) ruleSummary(ctx context.Context, chains []string) (map[string]*seenChain, error) {
+	return netlinkRuleSummary(k.family, chains)
 }
 
-// netlinkRuleSummary dumps every rule of switchyard's table of the family
-// in the current network namespace (one NFT_MSG_GETRULE dump filtered by
-// table) and returns, per chain, the number of rules and their comments in
+// netlinkRuleSummary dumps the rules of the named chains of switchyard's
+// table of the family in the current network namespace (one
+// NFT_MSG_GETRULE dump per chain on one socket: the kernel finds a named
+// chain by hash, while a whole-table dump is re-walked for every batch)
+// and returns, per chain, the number of rules and their comments in
 // order. Expressions are not decoded.
-func netlinkRuleSummary(f proxier.IPFamily) (map[string]*seenChain, error) {
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_RULE_TABLE, Data: []byte(TableName + "\x00")},
-	})
-	if err != nil {
-		return nil, err
-	}
+func netlinkRuleSummary(f proxier.IPFamily, chains []string) (map[string]*seenChain, error) {
 	fam := byte(unix.NFPROTO_IPV4)
 	if f == proxier.IPv6 {
 		fam = unix.NFPROTO_IPV6
 	}
-	req := netlink.Message{
-		Header: netlink.Header{
-			Type:     netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
-			Flags:    netlink.Request | netlink.Dump,
-			Sequence: 1,
-		},
-		Data: append([]byte{fam, unix.NFNETLINK_V0, 0, 0}, attrs...),
-	}
-	out := map[string]*seenChain{}
-	err = netlinkDump(req, func(data []byte) error {
-		if len(data) < 4 {
-			return nil
-		}
-		ad, err := netlink.NewAttributeDecoder(data[4:])
-		if err != nil {
-			return err
-		}
-		var chain, table, cmt string
-		for ad.Next() {
-			switch ad.Type() {
-			case unix.NFTA_RULE_TABLE:
-				table = ad.String()
-			case unix.NFTA_RULE_CHAIN:
-				chain = ad.String()
-			case unix.NFTA_RULE_USERDATA:
-				cmt = udataComment(ad.Bytes())
-			}
-		}
-		if err := ad.Err(); err != nil {
-			return err
-		}
-		if table != TableName || chain == "" {
-			return nil
-		}
-		s := out[chain]
-		if s == nil {
-			s = &seenChain{}
-			out[chain] = s
-		}
-		s.n++
-		s.comments = append(s.comments, cmt)
-		return nil
-	})
+	c, err := openNetlink()
 	if err != nil {
-		return nil, fmt.Errorf("netlink dump of the rules of table %s: %w", TableName, err)
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	defer c.close()
+	out := map[string]*seenChain{}
+	for _, chain := range chains {
+		attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+			{Type: unix.NFTA_RULE_TABLE, Data: []byte(TableName + "\x00")},
+			{Type: unix.NFTA_RULE_CHAIN, Data: []byte(chain + "\x00")},
+		})
+		if err != nil {
+			return nil, err
+		}
+		req := netlink.Message{
+			Header: netlink.Header{
+				Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+				Flags: netlink.Request | netlink.Dump,
+			},
+			Data: append([]byte{fam, unix.NFNETLINK_V0, 0, 0}, attrs...),
+		}
+		err = c.dump(req, func(data []byte) error {
+			if len(data) < 4 {
+				return nil
+			}
+			ad, err := netlink.NewAttributeDecoder(data[4:])
+			if err != nil {
+				return err
+			}
+			var name, table, cmt string
+			for ad.Next() {
+				switch ad.Type() {
+				case unix.NFTA_RULE_TABLE:
+					table = ad.String()
+				case unix.NFTA_RULE_CHAIN:
+					name = ad.String()
+				case unix.NFTA_RULE_USERDATA:
+					cmt = udataComment(ad.Bytes())
+				}
+			}
+			if err := ad.Err(); err != nil {
+				return err
+			}
+			if table != TableName || name == "" {
+				return nil
+			}
+			s := out[name]
+			if s == nil {
+				s = &seenChain{}
+				out[name] = s
+			}
+			s.n++
+			s.comments = append(s.comments, cmt)
+			return nil
+		})
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			return nil, fmt.Errorf("netlink dump of the rules of chain %s: %w", chain, err)
+		}
 	}
 	return out, nil
 }
 
-// netlinkDump sends one dump request on a new NETLINK_NETFILTER socket
-// and calls fn with the payload of every reply message until the dump is
-// done. It reads with a 64 KiB buffer: the kernel sizes each batch of a
-// dump by the reader's buffer (up to 32 KiB) and walks the table again
-// from its start for every batch, so small reads make a large dump
-// quadratic.
-func netlinkDump(req netlink.Message, fn func([]byte) error) error {
+// nlConn is a NETLINK_NETFILTER socket for dump requests. It reads with a
+// 64 KiB buffer: the kernel sizes each batch of a dump by the reader's
+// buffer (up to 32 KiB) and walks the dumped objects again from the start
+// for every batch, so small reads make a large dump quadratic.
+type nlConn struct {
+	fd  int
+	seq uint32
+	buf []byte
+}
+
+func openNetlink() (*nlConn, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer unix.Close(fd)
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return err
+		unix.Close(fd)
+		return nil, err
 	}
+	return &nlConn{fd: fd, buf: make([]byte, 64<<10)}, nil
+}
+
+func (c *nlConn) close() { unix.Close(c.fd) }
+
+// dump sends one dump request and calls fn with the payload of every
+// reply message until the dump is done.
+func (c *nlConn) dump(req netlink.Message, fn func([]byte) error) error {
+	c.seq++
+	req.Header.Sequence = c.seq
 	req.Header.Length = uint32(unix.NLMSG_HDRLEN + len(req.Data))
 	b, err := req.MarshalBinary()
 	if err != nil {
 		return err
 	}
-	if err := unix.Sendto(fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := unix.Sendto(c.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return err
 	}
-	buf := make([]byte, 64<<10)
 	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
+		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
 		if err != nil {
 			return err
 		}
-		rest := buf[:n]
+		rest := c.buf[:n]
 		for len(rest) >= unix.NLMSG_HDRLEN {
 			var m netlink.Message
 			l := int(nativeUint32(rest[0:4]))
@@ -166,6 +188,16 @@ func netlinkDump(req netlink.Message, fn func([]byte) error) error {
 			rest = rest[al:]
 		}
 	}
+}
+
+// netlinkDump runs one dump on a new socket.
+func netlinkDump(req netlink.Message, fn func([]byte) error) error {
+	c, err := openNetlink()
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	return c.dump(req, fn)
 }
 
 // nativeUint32 reads a host-order uint32 (netlink headers are host order).
@@ -218,9 +250,9 @@ func isNotFound(err error) bool {
 
 // summaryFromRules is the generic summary (knftables fakes, or any
 // interface without a cheaper way): ListRules of the whole table.
-func summaryFromRules(ctx context.Context, nft knftables.Interface) (map[string]*seenChain, error) {
+func summaryFromRules(ctx context.Context, nft knftables.Interface, chains []string) (map[string]*seenChain, error) {
 	if rs, ok := nft.(ruleSummarizer); ok {
-		return rs.ruleSummary(ctx)
+		return rs.ruleSummary(ctx, chains)
 	}
 	rules, err := nft.ListRules(ctx, "")
 	if err != nil {

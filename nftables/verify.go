@@ -52,7 +52,7 @@ func (b *Backend) verify(ctx context.Context, st *familyState, r *renderer, d *d
 			return rep, nil
 		}
 	}
-	chains, err := summaryFromRules(ctx, st.nft)
+	chains, err := summaryFromRules(ctx, st.nft, all["chain"])
 	if err != nil {
 		return rep, fmt.Errorf("listing the rules of table %s: %w", TableName, err)
 	}
