@@ -67,7 +67,20 @@ func IsSafe(text string) bool {
 // inputs keep distinct comments. The result never holds a quote, a
 // backslash or a control character and is at most MaxComment bytes.
 func Comment(text string) string {
-	if IsSafe(text) {
+	return CommentMax(text, MaxComment)
+}
+
+// MaxNFTComment is the longest comment nft accepts on a rule or element.
+const MaxNFTComment = 128
+
+// CommentMax is Comment with another length limit (at least 32), for
+// rule languages whose comments are shorter than xt_comment's: nft keeps
+// MaxNFTComment bytes.
+func CommentMax(text string, limit int) string {
+	if limit < 32 {
+		limit = 32
+	}
+	if len(text) <= limit && IsSafe(text) {
 		return text
 	}
 	const hexDigits = "0123456789ABCDEF"
@@ -84,10 +97,10 @@ func Comment(text string) string {
 		b.WriteByte(hexDigits[c&15])
 	}
 	out := b.String()
-	if len(out) <= MaxComment {
+	if len(out) <= limit {
 		return out
 	}
-	cut := MaxComment - 1 - hashLen
+	cut := limit - 1 - hashLen
 	// Do not split a %XX escape.
 	if i := strings.LastIndexByte(out[:cut], '%'); i >= 0 && i > cut-3 {
 		cut = i

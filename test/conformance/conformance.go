@@ -20,7 +20,8 @@
 //	go test -run TestTracerKernelRules ./test/conformance/   # rules read back from a namespace
 //	go test -run 'TestTracerIPVS$' ./test/conformance/         # IPVS mode: rendered state (ipvs_mode_test.go)
 //	go test -run TestTracerIPVSKernelRules ./test/conformance/  # IPVS mode: rules and sets read back from a namespace
-//	go test -v -run TestRealTraffic ./test/conformance/      # every scenario with real packets
+//	go test -run TestTracerNFTables ./test/conformance/  # nftables mode: tables synced into knftables fakes
+//	go test -v -run TestRealTraffic ./test/conformance/      # every scenario with real packets (TestRealTrafficNFTables: nftables mode)
 //	go test -v -run TestBalancedOverThreePods ./test/conformance/  # per-pod counts of 30 connections
 //	go test -v -run 'TestLiveManifestChanges|TestBadServiceSkipped' ./test/conformance/
 //	go test -v -run TestDualStackRealTraffic ./test/conformance/  # IPv6 and dual-stack services, dual-stack lab

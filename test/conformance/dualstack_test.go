@@ -184,7 +184,13 @@ const refuseTimeoutV6 = 4 * time.Second
 // listing only IPv4 still gets its IPv6 services proxied.
 //
 //	sudo go test -v -run TestDualStackRealTraffic ./test/conformance/
-func TestDualStackRealTraffic(t *testing.T) {
+func TestDualStackRealTraffic(t *testing.T) { testDualStackRealTraffic(t, "iptables") }
+
+// TestDualStackRealTrafficNFTables is TestDualStackRealTraffic in nftables
+// mode (tables ip switchyard and ip6 switchyard).
+func TestDualStackRealTrafficNFTables(t *testing.T) { testDualStackRealTraffic(t, "nftables") }
+
+func testDualStackRealTraffic(t *testing.T, mode string) {
 	requireRoot(t)
 	if _, err := exec.LookPath("ip6tables-nft-restore"); err != nil {
 		t.Fatalf("ip6tables-nft-restore (Debian package iptables) is required: %v", err)
@@ -204,13 +210,16 @@ func TestDualStackRealTraffic(t *testing.T) {
 	})
 	dir := t.TempDir()
 	writeManifest(t, dir, "objects.yaml", []byte(dualStackManifest))
-	args := append([]string{"netns", "exec", l.Node, switchyardBinary(t), "--once"}, commonFlags(dir, scenarios.Config{})...)
+	args := append([]string{"netns", "exec", l.Node, switchyardBinary(t), "--once"}, modeFlags(dir, scenarios.Config{}, mode)...)
 	args = append(args, "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56")
 	out, err := exec.Command("ip", args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("switchyard --once: %v\n%s", err, out)
 	}
 	save := l.MustExec(l.Node, "ip6tables-nft-save", "-t", "nat")
+	if mode == "nftables" {
+		save = l.MustExec(l.Node, "nft", "list", "table", "ip6", "switchyard")
+	}
 	if !strings.Contains(save, "fd00:10:96::6:1") {
 		t.Fatalf("no IPv6 rules for the dual-stack service's cluster IP fd00:10:96::6:1; switchyard said:\n%s\nip6tables-nft-save -t nat:\n%s", out, save)
 	}
@@ -298,7 +307,7 @@ func TestDualStackRealTraffic(t *testing.T) {
 	// spec.podCIDRs: the client (fd00:10:244::100, inside fd00:10:244::/64)
 	// keeps its source, node-b's pod ds-2 (fd00:10:244:1::2) is masqueraded.
 	t.Run("NodeCIDR", func(t *testing.T) {
-		args := append([]string{"netns", "exec", l.Node, switchyardBinary(t), "--once"}, commonFlags(dir, scenarios.Config{})...)
+		args := append([]string{"netns", "exec", l.Node, switchyardBinary(t), "--once"}, modeFlags(dir, scenarios.Config{}, mode)...)
 		args = append(args, "--detect-local-mode", "NodeCIDR")
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("switchyard --once --detect-local-mode NodeCIDR: %v\n%s", err, out)
@@ -339,7 +348,7 @@ func TestDualStackRealTraffic(t *testing.T) {
 		if save := l.MustExec(l.Node, "ip6tables-nft-save", "-t", "nat"); strings.Contains(save, "SWY-") {
 			t.Fatalf("IPv6 rules left after --cleanup:\n%s", save)
 		}
-		args := append([]string{"netns", "exec", l.Node, switchyardBinary(t), "--once"}, commonFlags(dir, scenarios.Config{})...)
+		args := append([]string{"netns", "exec", l.Node, switchyardBinary(t), "--once"}, modeFlags(dir, scenarios.Config{}, mode)...)
 		args = append(args, "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56")
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("switchyard --once: %v\n%s", err, out)

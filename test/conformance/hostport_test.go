@@ -62,7 +62,14 @@ func listenIn(ns, network, addr string) error {
 // outside, the node, another pod and the pod itself; the older of two pods
 // wanting a port serves; the port is reserved on the node; deleting the pod
 // removes its rules and releases the port.
-func TestHostPortsLive(t *testing.T) {
+func TestHostPortsLive(t *testing.T) { testHostPortsLive(t, "iptables") }
+
+// TestHostPortsLiveNFTables is TestHostPortsLive in nftables mode: the
+// hostport decorator's iptables-nft rules (SWY-HOSTPORTS, in the ip nat
+// table) work beside the nftables mode's own table.
+func TestHostPortsLiveNFTables(t *testing.T) { testHostPortsLive(t, "nftables") }
+
+func testHostPortsLive(t *testing.T, mode string) {
 	requireRoot(t)
 	l := lab.New(t, lab.Spec{Pods: []lab.Pod{
 		{Name: "web", IP: netip.MustParseAddr("10.244.0.5"), TCPPorts: []uint16{80}, UDPPorts: []uint16{80}},
@@ -80,7 +87,7 @@ status:
 `, scenarios.Topology.NodeName, l.NodeIP)))
 	writeManifest(t, dir, "web.yaml", []byte(hostPortPod("web", "10.244.0.5", "2026-01-01T00:00:00Z")))
 	writeManifest(t, dir, "late.yaml", []byte(hostPortPod("late", "10.244.0.6", "2026-01-02T00:00:00Z")))
-	args := append([]string{switchyardBinary(t)}, commonFlags(dir, scenarios.Config{})...)
+	args := append([]string{switchyardBinary(t)}, modeFlags(dir, scenarios.Config{}, mode)...)
 	args = append(args, "--min-sync-period", "100ms", "--sync-period", "30s", "--log-level", "debug", "--hostport-mode", "auto")
 	sy := &liveSwitchyard{t: t, proc: l.Start(l.Node, args...)}
 	mark := sy.waitSync(0, "start")

@@ -125,11 +125,17 @@ func writeManifest(t testing.TB, dir, name string, data []byte) {
 	}
 }
 
-// commonFlags are the flags every switchyard run in the lab uses.
+// commonFlags are the flags every switchyard run in the lab uses
+// (iptables mode).
 func commonFlags(dir string, cfg scenarios.Config) []string {
+	return modeFlags(dir, cfg, "iptables")
+}
+
+// modeFlags are commonFlags with another --proxy-mode.
+func modeFlags(dir string, cfg scenarios.Config, mode string) []string {
 	args := []string{
 		"--manifests", dir, "--hostname-override", scenarios.Topology.NodeName,
-		"--proxy-mode", "iptables", "--iptables-backend", "nft",
+		"--proxy-mode", mode, "--iptables-backend", "nft",
 		"--healthz-bind-address", "", "--metrics-bind-address", "",
 	}
 	if len(cfg.ClusterCIDRs) > 0 {
@@ -149,7 +155,13 @@ func commonFlags(dir string, cfg scenarios.Config) []string {
 // its output; a non-zero exit fails the test.
 func runOnce(t *testing.T, l *lab.Lab, dir string, cfg scenarios.Config) string {
 	t.Helper()
-	args := append([]string{"netns", "exec", l.Node, switchyardBinary(t), "--once"}, commonFlags(dir, cfg)...)
+	return runOnceMode(t, l, dir, cfg, "iptables")
+}
+
+// runOnceMode is runOnce in another proxy mode.
+func runOnceMode(t *testing.T, l *lab.Lab, dir string, cfg scenarios.Config, mode string) string {
+	t.Helper()
+	args := append([]string{"netns", "exec", l.Node, switchyardBinary(t), "--once"}, modeFlags(dir, cfg, mode)...)
 	out, err := exec.Command("ip", args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("switchyard --once: %v\n%s", err, out)

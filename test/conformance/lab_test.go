@@ -19,7 +19,15 @@ import (
 // scenario's flags, then real TCP/UDP requests from each packet's origin.
 //
 //	sudo go test -v -run TestRealTraffic ./test/conformance/
-func TestRealTraffic(t *testing.T) {
+func TestRealTraffic(t *testing.T) { testRealTraffic(t, "iptables") }
+
+// TestRealTrafficNFTables is TestRealTraffic in nftables mode: the whole
+// scenario table, real packets, rules written by the nftables backend.
+//
+//	sudo go test -v -run TestRealTrafficNFTables ./test/conformance/
+func TestRealTrafficNFTables(t *testing.T) { testRealTraffic(t, "nftables") }
+
+func testRealTraffic(t *testing.T, mode string) {
 	requireRoot(t)
 	switchyardBinary(t)
 	var fixtures []string
@@ -53,7 +61,10 @@ func TestRealTraffic(t *testing.T) {
 			writeManifest(t, dir, "objects.yaml", yaml)
 			for _, s := range group {
 				t.Run(s.Name, func(t *testing.T) {
-					runOnce(t, l, dir, s.Config)
+					if s.IPTablesOnly && mode != "iptables" {
+						t.Skipf("%s is an iptables-mode feature (not in upstream's %s mode either)", s.Name, mode)
+					}
+					runOnceMode(t, l, dir, s.Config, mode)
 					for _, p := range s.Packets {
 						t.Run(p.Name, func(t *testing.T) {
 							if why := realTrafficSkip(p); why != "" {

@@ -127,7 +127,7 @@ type Scenario struct {
 	Features []Feature
 	Packets  []Packet
 	// IPTablesOnly marks a scenario of a feature only the iptables mode
-	// has (upstream's IPVS mode does not have it either).
+	// has (upstream's IPVS and nftables modes do not have it either).
 	IPTablesOnly bool
 	// Problems are substrings of the problems the planner must report for
 	// the fixture (bad input next to good services); any other problem is

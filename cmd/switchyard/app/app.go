@@ -16,6 +16,7 @@ import (
 	"github.com/switchyard-proxy/switchyard/internal/kubeproxyclean"
 	"github.com/switchyard-proxy/switchyard/iptables"
 	"github.com/switchyard-proxy/switchyard/ipvs"
+	"github.com/switchyard-proxy/switchyard/nftables"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
 
@@ -247,7 +248,11 @@ func newBackend(o *Options, log *slog.Logger) (proxier.Backend, error) {
 		}
 		return b, nil
 	case ModeNFTables:
-		return nil, fmt.Errorf("proxy mode %s is not implemented yet (use --proxy-mode=iptables or ipvs)", o.ProxyMode)
+		b, err := nftables.New(nftables.Config{Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("nftables mode: %w", err)
+		}
+		return b, nil
 	}
 	return nil, usageError{fmt.Errorf("unknown proxy mode %q", o.ProxyMode)}
 }
@@ -258,7 +263,7 @@ func newBackend(o *Options, log *slog.Logger) (proxier.Backend, error) {
 // active mode's state is untouched. Failures are logged: a mode the kernel
 // cannot run (IPVS here) has nothing to clean.
 func cleanupOtherModes(ctx context.Context, o *Options, active proxier.Backend, log *slog.Logger) {
-	for _, mode := range []string{ModeIPTables, ModeIPVS} {
+	for _, mode := range []string{ModeIPTables, ModeIPVS, ModeNFTables} {
 		if mode == o.ProxyMode {
 			continue
 		}
@@ -302,7 +307,7 @@ var kubeProxyCleaner = kubeproxyclean.Clean
 // --cleanup, it does not depend on the mode the node ran before.
 func cleanupAll(ctx context.Context, o *Options, log *slog.Logger) error {
 	var errs []error
-	for _, mode := range []string{ModeIPTables, ModeIPVS} {
+	for _, mode := range []string{ModeIPTables, ModeIPVS, ModeNFTables} {
 		mo := *o
 		mo.ProxyMode = mode
 		b, err := backendFactory(&mo, log)

@@ -209,9 +209,10 @@ func TestPlanAndRulesCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "TCP  10.96.0.80:80 rr") || !strings.Contains(out, "-> 10.244.0.11:8080") || strings.Contains(out, "10.244.0.12:8080") {
 		t.Errorf("ipvs rules: exit %d %q\n%s", code, stderr, out)
 	}
-	code, _, stderr = runMain(t, "rules", "--manifests", dir, "--proxy-mode", "nftables")
-	if code != 1 || !strings.Contains(stderr, "not implemented yet") {
-		t.Errorf("nftables rules: exit %d %q", code, stderr)
+	code, out, stderr = runMain(t, "rules", "--manifests", dir, "--hostname-override", "node-a", "--proxy-mode", "nftables")
+	if code != 0 || !strings.Contains(out, "add element ip switchyard service-ips { 10.96.0.80 . tcp . 80 ") ||
+		!strings.Contains(out, "dnat to 10.244.0.11:8080") || strings.Contains(out, "10.244.0.12:8080") {
+		t.Errorf("nftables rules: exit %d %q\n%s", code, stderr, out)
 	}
 }
 
