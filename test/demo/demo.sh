@@ -16,7 +16,7 @@
 # failure or Ctrl-C.
 #
 # Environment (or make variables: make demo MODE=ipvs):
-#   MODE=iptables|ipvs     switchyard's --proxy-mode (default iptables)
+#   MODE=iptables|ipvs|nftables  switchyard's --proxy-mode (default iptables)
 #   DEMO_SOURCE=api|manifests
 #                          api (default): the real API server; manifests:
 #                          switchyard --manifests on a folder this script
@@ -153,7 +153,10 @@ ipvs)
 		exit 1
 	fi
 	;;
-*) echo "MODE=$MODE: the demo knows iptables and ipvs" >&2; exit 2 ;;
+nftables)
+	command -v nft >/dev/null || { echo "MODE=nftables needs nft (make deps)" >&2; exit 1; }
+	;;
+*) echo "MODE=$MODE: the demo knows iptables, ipvs and nftables" >&2; exit 2 ;;
 esac
 case $DEMO_SOURCE in
 api | manifests) ;;
@@ -375,6 +378,9 @@ programmed() { # number of endpoints the service's rules balance over
 	ipvs)
 		ip netns exec "$NODE_NS" ipvsadm -Ln -t "$CLUSTER_IP:$PORT" 2>/dev/null | grep -c -- '->.*Masq\|->.*Route' || true
 		;;
+	nftables)
+		ip netns exec "$NODE_NS" nft list table ip switchyard 2>/dev/null | grep -c -- "dnat to .*\"$SVC -> " || true
+		;;
 	esac
 }
 wait_programmed() { # wait_programmed N: poll until the rules hold N endpoints
@@ -384,11 +390,6 @@ wait_programmed() { # wait_programmed N: poll until the rules hold N endpoints
 		got=$(programmed)
 		((got == want)) && { say "    rules programmed: $SVC balances over $want endpoints"; return 0; }
 		if ! kill -0 "$SWY_PID" 2>/dev/null; then
-			if grep -q "not implemented" "$TMP/switchyard.log"; then
-				echo
-				say "switchyard says: $(grep -m1 'not implemented' "$TMP/switchyard.log")"
-				say "MODE=$MODE is not implemented in switchyard yet; run 'make demo' (MODE=iptables) for now." >&2
-			fi
 			die "switchyard exited: $(tail -n 3 "$TMP/switchyard.log")"
 		fi
 		sleep 0.1
@@ -408,6 +409,10 @@ show_rules() {
 	ipvs)
 		say "    ipvsadm -Ln (in $NODE_NS):"
 		ip netns exec "$NODE_NS" ipvsadm -Ln | sed 's/^/      /'
+		;;
+	nftables)
+		say "    nft list table ip switchyard (in $NODE_NS), the rules of $SVC:"
+		ip netns exec "$NODE_NS" nft list table ip switchyard | grep -- "\"$SVC" | sed 's/^[[:space:]]*/      /'
 		;;
 	esac
 }
