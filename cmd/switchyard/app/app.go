@@ -232,8 +232,14 @@ func newBackend(o *Options, log *slog.Logger) (proxier.Backend, error) {
 		if err != nil {
 			return nil, usageError{err}
 		}
+		exclude, err := o.ipvsExcludeCIDRs()
+		if err != nil {
+			return nil, usageError{err}
+		}
 		b, err := ipvs.New(ipvs.Config{
 			Scheduler:    o.IPVSScheduler,
+			Timeouts:     o.ipvsTimeouts(),
+			ExcludeCIDRs: exclude,
 			GracePeriod:  o.IPVSGracePeriod,
 			StrictARP:    o.IPVSStrictARP,
 			NodePortMin:  lo,
