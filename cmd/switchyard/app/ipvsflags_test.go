@@ -1,14 +1,49 @@
 package app
 
 import (
+	"context"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/switchyard-proxy/switchyard/internal/kubeproxyclean"
 	"github.com/switchyard-proxy/switchyard/ipvs"
 )
+
+// --cleanup-kube-proxy keeps the virtual servers inside --ipvs-exclude-cidrs
+// (kube-proxy's cleaner would otherwise delete every foreign one).
+func TestCleanupKubeProxyKeepsExcluded(t *testing.T) {
+	var got kubeproxyclean.Config
+	old := kubeProxyCleaner
+	kubeProxyCleaner = func(_ context.Context, cfg kubeproxyclean.Config) (kubeproxyclean.Report, error) {
+		got = cfg
+		return kubeproxyclean.Report{}, nil
+	}
+	t.Cleanup(func() { kubeProxyCleaner = old })
+	o := defaultOptions()
+	cleanupKubeProxy(context.Background(), o, slog.New(slog.DiscardHandler))
+	if got.KeepVirtualServer != nil {
+		t.Fatal("no exclusion given, yet virtual servers are kept")
+	}
+	o.IPVSExcludeCIDRs = []string{"172.30.0.0/16", "fd00:30::/64"}
+	cleanupKubeProxy(context.Background(), o, slog.New(slog.DiscardHandler))
+	for _, c := range []struct {
+		v    kubeproxyclean.VirtualServer
+		keep bool
+	}{
+		{kubeproxyclean.VirtualServer{Addr: netip.MustParseAddr("172.30.9.9"), Protocol: "TCP", Port: 80}, true},
+		{kubeproxyclean.VirtualServer{Addr: netip.MustParseAddr("fd00:30::1"), Protocol: "UDP", Port: 53}, true},
+		{kubeproxyclean.VirtualServer{Addr: netip.MustParseAddr("10.96.0.1"), Protocol: "TCP", Port: 443}, false},
+		{kubeproxyclean.VirtualServer{FWMark: 7}, false},
+	} {
+		if got.KeepVirtualServer == nil || got.KeepVirtualServer(c.v) != c.keep {
+			t.Errorf("%v: keep %v", c.v, !c.keep)
+		}
+	}
+}
 
 // --ipvs-exclude-cidrs and the IPVS timeouts have an effect: no
 // "no effect" warning, the config file's fields set them (flags win), they
