@@ -59,7 +59,7 @@ VM_TEST_DIR := /var/tmp/swy-test-vm
 # termination, restart recovery, idempotence, cleanup) and the scenario
 # table under its first proxy configuration; emulation makes the rest slow.
 VM_TEST_ARGS ?= -test.skip '^TestScenarios$$/^(no-cluster-cidr|masquerade-all)$$'
-VM_TIMEOUT ?= 1800
+VM_TIMEOUT ?= 3000
 test-vm: deps
 	mkdir -p $(VM_TEST_DIR)
 	$(GO) build -o $(VM_TEST_DIR)/switchyard ./cmd/switchyard
