@@ -51,21 +51,25 @@ test-cluster:
 ## test-vm: the IPVS suite in a throwaway VM with Debian's stock kernel
 ## (the test machines' kernel has no IPVS): builds switchyard and the test
 ## binaries on the host, boots the VM once (test/vm/run installs qemu and
-## fetches the kernel) and runs the ipvs package's real-kernel test and the
-## end-to-end suite (test/ipvs-e2e) there. The 10k benchmark: see
+## fetches the kernel) and runs the ipvs package's real-kernel test,
+## test/conformance's IPVS-mode conntrack test and the end-to-end suite
+## (test/ipvs-e2e, dual-stack included) there. The 10k benchmark: see
 ## test/ipvs-e2e/README.md.
 VM_TEST_DIR := /var/tmp/swy-test-vm
 # In make test: the live-process suite (scheduler, eTP Local, graceful
 # termination, restart recovery, idempotence, cleanup) and the scenario
 # table under its first proxy configuration; emulation makes the rest slow.
 VM_TEST_ARGS ?= -test.skip '^TestScenarios$$/^(no-cluster-cidr|masquerade-all)$$'
-VM_TIMEOUT ?= 1800
+VM_TIMEOUT ?= 3000
 test-vm: deps
 	mkdir -p $(VM_TEST_DIR)
 	$(GO) build -o $(VM_TEST_DIR)/switchyard ./cmd/switchyard
 	$(GO) test -c -o $(VM_TEST_DIR)/ipvs.test ./ipvs
 	$(GO) test -c -o $(VM_TEST_DIR)/ipvs-e2e.test ./test/ipvs-e2e
-	SWY_SWITCHYARD_BIN=$(VM_TEST_DIR)/switchyard SWY_BENCH_SERVICES=1000 VM_TIMEOUT=$(VM_TIMEOUT) \
+	$(GO) test -c -o $(VM_TEST_DIR)/conformance.test ./test/conformance
+	$(GO) build -o $(VM_TEST_DIR)/swy-echo ./test/echo/cmd/swy-echo
+	SWY_SWITCHYARD_BIN=$(VM_TEST_DIR)/switchyard SWY_ECHO_BIN=$(VM_TEST_DIR)/swy-echo \
+	SWY_BENCH_SERVICES=1000 VM_TIMEOUT=$(VM_TIMEOUT) \
 		test/vm/run sh test/ipvs-e2e/vm-suite.sh $(VM_TEST_DIR) $(CURDIR) \
 		-test.timeout 30m $(VM_TEST_ARGS)
 

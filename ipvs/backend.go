@@ -39,6 +39,15 @@ type Config struct {
 	// QuickCleanup makes Cleanup skip tables where none of the chains its
 	// hooks jump to exists (a mode switch); otherwise it saves every table.
 	QuickCleanup bool
+	// Timeouts are IPVS's connection timeouts (--ipvs-tcp-timeout,
+	// --ipvs-tcpfin-timeout, --ipvs-udp-timeout); zero fields keep the
+	// kernel's. Checked at every sync, written only when they differ.
+	Timeouts Timeouts
+	// ExcludeCIDRs is --ipvs-exclude-cidrs: virtual servers on an address
+	// inside one of them are never deleted by Sync or Cleanup (other IPVS
+	// users' services), even on a node address in the node-port range or
+	// on an address of swy-ipvs0. Desired ones are still programmed.
+	ExcludeCIDRs []netip.Prefix
 	// Executor runs ipset and iptables; nil runs them here. (Stale UDP
 	// conntrack entries are deleted by package conntrack, which wraps
 	// every backend.)
@@ -99,6 +108,14 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.GracePeriod <= 0 {
 		cfg.GracePeriod = DefaultGracePeriod
+	}
+	if err := cfg.Timeouts.Validate(); err != nil {
+		return nil, err
+	}
+	for _, p := range cfg.ExcludeCIDRs {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("ipvs: invalid exclude CIDR %v", p)
+		}
 	}
 	if cfg.NodePortMin == 0 && cfg.NodePortMax == 0 {
 		cfg.NodePortMin, cfg.NodePortMax = 30000, 32767
@@ -236,6 +253,11 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 		res.Wrote = true
 		b.log.Info("created dummy interface", "name", DummyInterface)
 	}
+	if wrote, err := ensureTimeouts(k, b.cfg.Timeouts, b.log); err != nil {
+		return res, err
+	} else if wrote {
+		res.Wrote = true
+	}
 	tm.stage("sysctls+dummy")
 	addrs, err := k.DummyAddresses()
 	if err != nil {
@@ -253,6 +275,7 @@ func (b *Backend) Sync(ctx context.Context, snaps []*proxier.Snapshot) (proxier.
 	tm.stage("dump-ipset")
 	diffOpts := DiffOptions{
 		Now: b.cfg.Now(), GracePeriod: b.cfg.GracePeriod, Terminating: b.terminating, Owned: b.ownedFunc(snaps, opts.LocalAddrs),
+		Exclude: b.cfg.ExcludeCIDRs,
 	}
 	// Drift: the dump differs from what the last sync left. The Diff below
 	// repairs it like any other difference; it is only reported.
@@ -452,7 +475,7 @@ func localAddresses() map[netip.Addr]bool {
 
 // Cleanup implements proxier.Backend: it deletes the virtual servers on
 // the addresses of swy-ipvs0, those with a switchyard fwmark and those on
-// a local address in the node-port range, the
+// a local address in the node-port range (none inside Config.ExcludeCIDRs), the
 // dummy interface, every SWY-IPVS- chain (both families, both flavours)
 // and every SWY- ipset. Foreign virtual servers are left alone.
 func (b *Backend) Cleanup(ctx context.Context) error {
@@ -475,7 +498,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		local := localAddresses()
 		ops, _ := Diff(&State{}, &Dump{Servers: servers, Addresses: addrs}, DiffOptions{Now: b.cfg.Now(), Owned: func(k Key) bool {
 			return b.created[k] || local[k.Addr] && k.Port >= b.cfg.NodePortMin && k.Port <= b.cfg.NodePortMax
-		}})
+		}, Exclude: b.cfg.ExcludeCIDRs})
 		for _, o := range ops {
 			if o.Kind == OpDelService {
 				if err := b.applyOp(ctx, k, o); err != nil {

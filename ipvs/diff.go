@@ -107,6 +107,9 @@ type DiffOptions struct {
 	// address of swy-ipvs0, on a desired address, or with a switchyard
 	// fwmark are always owned.
 	Owned func(Key) bool
+	// Exclude lists CIDRs (--ipvs-exclude-cidrs) whose undesired virtual
+	// servers are never deleted, whatever else would make them owned.
+	Exclude []netip.Prefix
 }
 
 // Diff returns the operations that turn dump into desired and the new
@@ -214,6 +217,9 @@ func Diff(desired *State, dump *Dump, opts DiffOptions) ([]Op, map[DestKey]time.
 func owned(k Key, desired *State, onDummy map[netip.Addr]bool, opts DiffOptions) bool {
 	if k.FWMark != 0 {
 		return k.FWMark&^fwMarkSlots == FWMarkBit
+	}
+	if excluded(k.Addr, opts.Exclude) {
+		return false
 	}
 	if onDummy[k.Addr] {
 		return true

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/switchyard-proxy/switchyard/internal/iptexec"
 )
@@ -409,4 +410,25 @@ func (e *fakeExec) ownChainNames(tool, table string) []string {
 		}
 	}
 	return out
+}
+
+// fakeTimeoutKernel is a fakeKernel that also has IPVS timeouts, with the
+// kernel's rule that a zero field keeps the current value.
+type fakeTimeoutKernel struct {
+	*fakeKernel
+	t Timeouts
+}
+
+func (k *fakeTimeoutKernel) Timeouts() (Timeouts, error) { return k.t, nil }
+
+func (k *fakeTimeoutKernel) SetTimeouts(t Timeouts) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, f := range []struct{ src, dst *time.Duration }{{&t.TCP, &k.t.TCP}, {&t.TCPFin, &k.t.TCPFin}, {&t.UDP, &k.t.UDP}} {
+		if *f.src != 0 {
+			*f.dst = f.src.Truncate(time.Second)
+		}
+	}
+	k.write(fmt.Sprintf("set-timeouts %v %v %v", t.TCP, t.TCPFin, t.UDP))
+	return nil
 }

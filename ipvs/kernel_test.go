@@ -222,3 +222,26 @@ func TestKernelSyncIdempotentCleanup(t *testing.T) {
 		}
 	})
 }
+
+// NetlinkKernel reads and sets IPVS's timeouts as `ipvsadm -L --timeout`
+// shows them; a zero field keeps the kernel's value.
+func TestKernelTimeouts(t *testing.T) {
+	inNetns(t, func(t *testing.T, ns string, nk *NetlinkKernel) {
+		ex := iptables.NetnsExecutor(ns)
+		before, err := nk.Timeouts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nk.SetTimeouts(Timeouts{TCP: 3600 * time.Second, UDP: 45 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("Timeout (tcp tcpfin udp): 3600 %d 45", int(before.TCPFin.Seconds()))
+		if got := strings.TrimSpace(run(t, ex, "ipvsadm", "-L", "--timeout")); got != want {
+			t.Errorf("ipvsadm -L --timeout: %q, want %q (before: %+v)", got, want, before)
+		}
+		after, err := nk.Timeouts()
+		if err != nil || after != (Timeouts{TCP: 3600 * time.Second, TCPFin: before.TCPFin, UDP: 45 * time.Second}) {
+			t.Errorf("Timeouts() = %+v, %v", after, err)
+		}
+	})
+}

@@ -289,3 +289,23 @@ func (k *NetlinkKernel) DeleteDummy() error {
 	}
 	return nil
 }
+
+var _ TimeoutKernel = (*NetlinkKernel)(nil)
+
+// Timeouts implements TimeoutKernel (IPVS_CMD_GET_CONFIG).
+func (k *NetlinkKernel) Timeouts() (Timeouts, error) {
+	c, err := k.h.GetConfig()
+	if err != nil {
+		return Timeouts{}, fmt.Errorf("ipvs: GetConfig: %w", err)
+	}
+	return Timeouts{TCP: c.TimeoutTCP, TCPFin: c.TimeoutTCPFin, UDP: c.TimeoutUDP}, nil
+}
+
+// SetTimeouts implements TimeoutKernel (IPVS_CMD_SET_CONFIG; the kernel
+// keeps the value of each zero field).
+func (k *NetlinkKernel) SetTimeouts(t Timeouts) error {
+	if err := k.h.SetConfig(&ipvs.Config{TimeoutTCP: t.TCP, TimeoutTCPFin: t.TCPFin, TimeoutUDP: t.UDP}); err != nil {
+		return fmt.Errorf("ipvs: SetConfig: %w", err)
+	}
+	return nil
+}

@@ -17,6 +17,9 @@
 // calls NetworkProgrammed (with the LastChangeTriggerTime of the slices the
 // sync picked up) and ObserveSnapshots once Backend.Sync has succeeded;
 // the conntrack reconciler calls ConntrackReconciled (conntrack.Recorder).
+//
+// /metrics also serves the Go runtime and process collectors and
+// client-go's rest_client_* series (restclient.go), as kube-proxy does.
 package metrics
 
 import (
@@ -217,6 +220,12 @@ func New(mode string, families ...proxier.IPFamily) *Metrics {
 
 // Registry returns the registry holding every metric.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Gatherer returns what /metrics serves: the registry plus client-go's
+// rest_client_* series (restclient.go).
+func (m *Metrics) Gatherer() prometheus.Gatherer {
+	return prometheus.Gatherers{m.reg, defaultRestClientGatherer}
+}
 
 // Mode returns the proxy mode name given to New.
 func (m *Metrics) Mode() string { return m.mode }
@@ -434,7 +443,7 @@ func (m *Metrics) Handler() http.Handler {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Gatherer(), promhttp.HandlerOpts{Registry: m.reg}))
 	mux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Content-Type-Options", "nosniff")

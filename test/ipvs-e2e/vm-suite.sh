@@ -1,7 +1,10 @@
 #!/bin/sh
 # vm-suite.sh: runs inside test/vm (make test-vm): the ipvs package's
-# real-kernel test, the IPVS end-to-end suite and the sync benchmark, from
-# test binaries built on the host. Usage (in the VM, as root):
+# real-kernel test, test/conformance's IPVS-mode conntrack test (UDP flows
+# follow a replaced endpoint; when BINDIR has conformance.test), the IPVS
+# end-to-end suite and the sync benchmark, from test binaries built on the
+# host. Each runs even when one before failed; the status is non-zero if
+# any failed. Usage (in the VM, as root):
 #   vm-suite.sh BINDIR REPO [extra args for ipvs-e2e.test]
 #
 # The VM's root is the host's, shared over 9p without caching: every file
@@ -19,7 +22,13 @@ for f in protocols services nsswitch.conf; do
 		mount --bind "/tmp/swy-etc/$f" "/etc/$f"
 	fi
 done
+status=0
 cd "$repo/ipvs"
-"$bin/ipvs.test" -test.run Kernel -test.v
+"$bin/ipvs.test" -test.run Kernel -test.v || status=1
+if [ -x "$bin/conformance.test" ]; then
+	cd "$repo/test/conformance"
+	"$bin/conformance.test" -test.run '^TestConntrackUDPFlowsMove$/^ipvs$' -test.v || status=1
+fi
 cd "$repo/test/ipvs-e2e"
-exec "$bin/ipvs-e2e.test" -test.v "$@"
+"$bin/ipvs-e2e.test" -test.v "$@" || status=1
+exit $status

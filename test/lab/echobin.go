@@ -19,13 +19,22 @@ var echoBuild struct {
 }
 
 // EchoBinary builds the swy-echo command once per test binary and returns
-// its path. The binary lives at one fixed place in the OS temp folder
+// its path; $SWY_ECHO_BIN, when set, names one built beforehand (make
+// test-vm builds it on the host: compiling under the VM's emulation is
+// slow). The binary lives at one fixed place in the OS temp folder
 // (swy-echo-build/swy-echo, replaced atomically by each build), so repeated
 // runs leave at most one small file behind. The `go` tool must be on PATH,
 // under $GOROOT/bin or at /usr/local/go/bin.
 func EchoBinary(t testing.TB) string {
 	t.Helper()
 	echoBuild.once.Do(func() {
+		if p := os.Getenv("SWY_ECHO_BIN"); p != "" {
+			if _, err := os.Stat(p); err != nil {
+				echoBuild.err = fmt.Errorf("SWY_ECHO_BIN: %w", err)
+			}
+			echoBuild.path = p
+			return
+		}
 		goTool, err := exec.LookPath("go")
 		if err != nil {
 			if root := os.Getenv("GOROOT"); root != "" {

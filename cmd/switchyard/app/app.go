@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -233,8 +235,14 @@ func newBackend(o *Options, log *slog.Logger) (proxier.Backend, error) {
 		if err != nil {
 			return nil, usageError{err}
 		}
+		exclude, err := o.ipvsExcludeCIDRs()
+		if err != nil {
+			return nil, usageError{err}
+		}
 		b, err := ipvs.New(ipvs.Config{
 			Scheduler:    o.IPVSScheduler,
+			Timeouts:     o.ipvsTimeouts(),
+			ExcludeCIDRs: exclude,
 			GracePeriod:  o.IPVSGracePeriod,
 			StrictARP:    o.IPVSStrictARP,
 			NodePortMin:  lo,
@@ -295,6 +303,13 @@ func cleanupOtherModes(ctx context.Context, o *Options, active proxier.Backend, 
 // switchyard's and its own sync reconciles them.
 func cleanupKubeProxy(ctx context.Context, o *Options, log *slog.Logger) {
 	cfg := kubeproxyclean.Config{Log: log, KeepVirtualServers: o.ProxyMode == ModeIPVS}
+	// --ipvs-exclude-cidrs protects other IPVS users' virtual servers here
+	// too (the flag was validated at start).
+	if exclude, _ := o.ipvsExcludeCIDRs(); len(exclude) > 0 {
+		cfg.KeepVirtualServer = func(v kubeproxyclean.VirtualServer) bool {
+			return v.FWMark == 0 && slices.ContainsFunc(exclude, func(p netip.Prefix) bool { return p.Contains(v.Addr) })
+		}
+	}
 	if _, err := kubeProxyCleaner(ctx, cfg); err != nil {
 		log.Warn("removing kube-proxy's leftovers failed in part; what failed stays", "err", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/switchyard-proxy/switchyard/internal/nodetune"
+	"github.com/switchyard-proxy/switchyard/ipvs"
 	"github.com/switchyard-proxy/switchyard/nodeport"
 )
 
@@ -103,9 +104,11 @@ type Options struct {
 	// MinSyncPeriod for the active mode when given.
 	IPTablesSyncPeriod, IPTablesMinSyncPeriod time.Duration
 	IPVSSyncPeriod, IPVSMinSyncPeriod         time.Duration
-	// IPVSExcludeCIDRs and the IPVS timeouts are recorded, not yet applied
-	// by the ipvs backend.
-	IPVSExcludeCIDRs                                  []string
+	// IPVSExcludeCIDRs is --ipvs-exclude-cidrs: the ipvs backend never
+	// deletes virtual servers on addresses inside them.
+	IPVSExcludeCIDRs []string
+	// IPVSTCPTimeout, IPVSTCPFinTimeout and IPVSUDPTimeout are IPVS's
+	// connection timeouts (ipvsadm --set); 0 keeps the kernel's value.
 	IPVSTCPTimeout, IPVSTCPFinTimeout, IPVSUDPTimeout time.Duration
 	// OOMScoreAdj is written to /proc/self/oom_score_adj at start.
 	OOMScoreAdj int32
@@ -174,10 +177,6 @@ var noEffectFlags = map[string]string{
 	"feature-gates":                   "switchyard has no feature gates",
 	"show-hidden-metrics-for-version": "switchyard hides no metrics",
 	"config-sync-period":              "switchyard's informers do not resync periodically",
-	"ipvs-exclude-cidrs":              "the ipvs backend only ever touches virtual servers it created",
-	"ipvs-tcp-timeout":                "the ipvs backend does not set IPVS timeouts yet",
-	"ipvs-tcpfin-timeout":             "the ipvs backend does not set IPVS timeouts yet",
-	"ipvs-udp-timeout":                "the ipvs backend does not set IPVS timeouts yet",
 	"log-text-split-stream":           "switchyard writes one log stream",
 	"log-text-info-buffer-size":       "switchyard writes one log stream",
 	"log-json-split-stream":           "switchyard writes one log stream",
@@ -256,10 +255,10 @@ func (o *Options) addFlags(fs *pflag.FlagSet, daemon bool) {
 	fs.DurationVar(&o.IPTablesMinSyncPeriod, "iptables-min-sync-period", o.IPTablesMinSyncPeriod, "--min-sync-period, in every mode but ipvs (kube-proxy's name)")
 	fs.DurationVar(&o.IPVSSyncPeriod, "ipvs-sync-period", o.IPVSSyncPeriod, "--sync-period in ipvs mode (kube-proxy's name)")
 	fs.DurationVar(&o.IPVSMinSyncPeriod, "ipvs-min-sync-period", o.IPVSMinSyncPeriod, "--min-sync-period in ipvs mode (kube-proxy's name)")
-	fs.StringSliceVar(&o.IPVSExcludeCIDRs, "ipvs-exclude-cidrs", o.IPVSExcludeCIDRs, "accepted for kube-proxy compatibility (switchyard only touches its own virtual servers)")
-	fs.DurationVar(&o.IPVSTCPTimeout, "ipvs-tcp-timeout", o.IPVSTCPTimeout, "accepted for kube-proxy compatibility (not applied yet)")
-	fs.DurationVar(&o.IPVSTCPFinTimeout, "ipvs-tcpfin-timeout", o.IPVSTCPFinTimeout, "accepted for kube-proxy compatibility (not applied yet)")
-	fs.DurationVar(&o.IPVSUDPTimeout, "ipvs-udp-timeout", o.IPVSUDPTimeout, "accepted for kube-proxy compatibility (not applied yet)")
+	fs.StringSliceVar(&o.IPVSExcludeCIDRs, "ipvs-exclude-cidrs", o.IPVSExcludeCIDRs, "comma-separated CIDRs: IPVS virtual servers on addresses inside them are never deleted by switchyard's syncs or --cleanup (other IPVS users' services)")
+	fs.DurationVar(&o.IPVSTCPTimeout, "ipvs-tcp-timeout", o.IPVSTCPTimeout, "IPVS idle timeout of TCP connections, whole seconds (0 leaves the kernel's, 900s by default)")
+	fs.DurationVar(&o.IPVSTCPFinTimeout, "ipvs-tcpfin-timeout", o.IPVSTCPFinTimeout, "IPVS timeout of TCP connections after a FIN, whole seconds (0 leaves the kernel's, 120s by default)")
+	fs.DurationVar(&o.IPVSUDPTimeout, "ipvs-udp-timeout", o.IPVSUDPTimeout, "IPVS timeout of UDP flows, whole seconds (0 leaves the kernel's, 300s by default)")
 	fs.Int32Var(&o.OOMScoreAdj, "oom-score-adj", o.OOMScoreAdj, "the oom_score_adj of switchyard's process, -1000 to 1000 (a failure to set it is a warning)")
 	fs.Int32Var(&o.Conntrack.MaxPerCore, "conntrack-max-per-core", o.Conntrack.MaxPerCore, "nf_conntrack_max per CPU core (0 leaves the limit and ignores --conntrack-min)")
 	fs.Int32Var(&o.Conntrack.Min, "conntrack-min", o.Conntrack.Min, "the least nf_conntrack_max, whatever --conntrack-max-per-core")
@@ -300,6 +299,7 @@ var supportedConfigFields = map[string]bool{
 	"iptables.masqueradeAll": true, "iptables.masqueradeBit": true, "iptables.localhostNodePorts": true,
 	"iptables.syncPeriod": true, "iptables.minSyncPeriod": true,
 	"ipvs.scheduler": true, "ipvs.syncPeriod": true, "ipvs.minSyncPeriod": true, "ipvs.strictARP": true,
+	"ipvs.excludeCIDRs": true, "ipvs.tcpTimeout": true, "ipvs.tcpFinTimeout": true, "ipvs.udpTimeout": true,
 	"nftables.masqueradeAll": true, "nftables.masqueradeBit": true,
 	"nftables.syncPeriod": true, "nftables.minSyncPeriod": true,
 	"enableProfiling": true, "detectLocalMode": true, "detectLocal.bridgeInterface": true, "detectLocal.interfaceNamePrefix": true,
@@ -517,8 +517,6 @@ func (o *Options) loadConfigFile(path string, explicit map[string]bool) ([]strin
 var configFieldFlag = map[string]string{
 	"featureGates":                "feature-gates",
 	"showHiddenMetricsForVersion": "show-hidden-metrics-for-version", "configSyncPeriod": "config-sync-period",
-	"ipvs.excludeCIDRs": "ipvs-exclude-cidrs", "ipvs.tcpTimeout": "ipvs-tcp-timeout",
-	"ipvs.tcpFinTimeout": "ipvs-tcpfin-timeout", "ipvs.udpTimeout": "ipvs-udp-timeout",
 }
 
 // defaultServerAddresses are kube-proxy's default health and metrics
@@ -752,10 +750,11 @@ func (o *Options) validate() (*settings, error) {
 	if o.KubeAPIQPS < 0 || o.KubeAPIBurst < 0 {
 		return nil, fmt.Errorf("--kube-api-qps %v, --kube-api-burst %d: must not be negative", o.KubeAPIQPS, o.KubeAPIBurst)
 	}
-	for _, c := range o.IPVSExcludeCIDRs {
-		if _, err := netip.ParsePrefix(strings.TrimSpace(c)); err != nil {
-			return nil, fmt.Errorf("--ipvs-exclude-cidrs %q: %w", c, err)
-		}
+	if _, err := o.ipvsExcludeCIDRs(); err != nil {
+		return nil, err
+	}
+	if err := o.ipvsTimeouts().Validate(); err != nil {
+		return nil, fmt.Errorf("--ipvs-tcp-timeout/--ipvs-tcpfin-timeout/--ipvs-udp-timeout: %w", err)
 	}
 	if o.Once && o.Cleanup {
 		return nil, errors.New("--once and --cleanup cannot be combined")
@@ -764,6 +763,24 @@ func (o *Options) validate() (*settings, error) {
 		return nil, errors.New("--cleanup and --cleanup-kube-proxy cannot be combined (--cleanup removes switchyard's own rules)")
 	}
 	return s, nil
+}
+
+// ipvsExcludeCIDRs parses --ipvs-exclude-cidrs.
+func (o *Options) ipvsExcludeCIDRs() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, c := range o.IPVSExcludeCIDRs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, fmt.Errorf("--ipvs-exclude-cidrs %q: %w", c, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// ipvsTimeouts returns the --ipvs-*-timeout flags.
+func (o *Options) ipvsTimeouts() ipvs.Timeouts {
+	return ipvs.Timeouts{TCP: o.IPVSTCPTimeout, TCPFin: o.IPVSTCPFinTimeout, UDP: o.IPVSUDPTimeout}
 }
 
 // parsePortRange parses "MIN-MAX" (--service-node-port-range).
