@@ -69,6 +69,16 @@ func TestHostPortsLive(t *testing.T) { testHostPortsLive(t, "iptables") }
 // table) work beside the nftables mode's own table.
 func TestHostPortsLiveNFTables(t *testing.T) { testHostPortsLive(t, "nftables") }
 
+// TestHostPortsLiveIPVS is TestHostPortsLive in IPVS mode, where the kernel
+// has IPVS (make test-vm runs it in the VM): the hostport decorator's nat
+// rules beside the IPVS mode's virtual servers and chains.
+func TestHostPortsLiveIPVS(t *testing.T) {
+	if _, err := os.Stat("/proc/net/ip_vs"); err != nil {
+		t.Skipf("no IPVS in this kernel (%v); make test-vm runs it in the VM", err)
+	}
+	testHostPortsLive(t, "ipvs")
+}
+
 func testHostPortsLive(t *testing.T, mode string) {
 	requireRoot(t)
 	l := lab.New(t, lab.Spec{Pods: []lab.Pod{

@@ -1,7 +1,8 @@
 #!/bin/sh
 # vm-suite.sh: runs inside test/vm (make test-vm): the ipvs package's
 # real-kernel test, test/conformance's IPVS-mode conntrack test (UDP flows
-# follow a replaced endpoint; when BINDIR has conformance.test), the IPVS
+# follow a replaced endpoint) and host-port test (when BINDIR has
+# conformance.test), the IPVS
 # end-to-end suite and the sync benchmark, from test binaries built on the
 # host. Each runs even when one before failed; the status is non-zero if
 # any failed. Usage (in the VM, as root):
@@ -27,7 +28,7 @@ cd "$repo/ipvs"
 "$bin/ipvs.test" -test.run Kernel -test.v || status=1
 if [ -x "$bin/conformance.test" ]; then
 	cd "$repo/test/conformance"
-	"$bin/conformance.test" -test.run '^TestConntrackUDPFlowsMove$/^ipvs$' -test.v || status=1
+	"$bin/conformance.test" -test.run '^TestConntrackUDPFlowsMove$/^ipvs$|^TestHostPortsLiveIPVS$' -test.v || status=1
 fi
 cd "$repo/test/ipvs-e2e"
 "$bin/ipvs-e2e.test" -test.v "$@" || status=1
