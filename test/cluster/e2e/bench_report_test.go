@@ -89,6 +89,11 @@ func benchTable(cfg benchConfig, counts []int, proxies []string, results []bench
 					vals = append(vals, math.NaN())
 					continue
 				}
+				if r.skipped && row.name != benchRows[0].name {
+					b.WriteString(" – |")
+					vals = append(vals, math.NaN())
+					continue
+				}
 				v := row.value(r)
 				vals = append(vals, v)
 				fmt.Fprintf(&b, " %s |", fmtValue(v, row.unit))
@@ -130,7 +135,7 @@ func benchPlot(cfg benchConfig, counts []int, proxies []string, results []benchR
 		// Value range over all proxies, positive only.
 		lo, hi := math.Inf(1), math.Inf(-1)
 		for _, r := range results {
-			if v := math.Abs(panel.value(r)); r.failed == "" && v > 0 {
+			if v := math.Abs(panel.value(r)); r.failed == "" && !r.skipped && v > 0 {
 				lo, hi = math.Min(lo, v), math.Max(hi, v)
 			}
 		}
@@ -166,7 +171,7 @@ func benchPlot(cfg benchConfig, counts []int, proxies []string, results []benchR
 			var pts []string
 			for _, n := range counts {
 				r, ok := findResult(results, p, n)
-				if v := math.Abs(panel.value(r)); ok && r.failed == "" && v > 0 {
+				if v := math.Abs(panel.value(r)); ok && r.failed == "" && !r.skipped && v > 0 {
 					pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(n), py(v)))
 					fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", px(n), py(v), colors[i%len(colors)])
 				}
