@@ -58,6 +58,10 @@ type Node struct {
 	Dir string
 	// CgroupRoot is kubelet's --cgroup-root (pods live below it).
 	CgroupRoot string
+	// MountNS is the node's mount namespace (a file bound under the
+	// scratch folder): containerd, kubelet and every pod see their own
+	// /var/lib, /var/log and /run there (see makeMountNS).
+	MountNS string
 
 	containerd, kubelet *proc
 }
@@ -291,7 +295,7 @@ func (b *Bed) startControllers(bins BinPaths) error {
 // startNode starts containerd and kubelet in the node's namespace, waits
 // for the node's pod CIDR and writes its CNI configuration.
 func (b *Bed) startNode(n *Node, bins BinPaths) error {
-	for _, d := range []string{"cni/net.d", "cni/ipam", "kubelet", "pod-logs"} {
+	for _, d := range []string{"cni/net.d", "cni/ipam"} {
 		if err := os.MkdirAll(filepath.Join(n.Dir, d), 0o755); err != nil {
 			return fmt.Errorf("mkdir: %w", err)
 		}
@@ -299,8 +303,11 @@ func (b *Bed) startNode(n *Node, bins BinPaths) error {
 	if err := os.WriteFile(filepath.Join(n.Dir, "containerd.toml"), []byte(containerdConfig(n.Dir)), 0o644); err != nil {
 		return fmt.Errorf("containerd config: %w", err)
 	}
+	if err := b.makeMountNS(n); err != nil {
+		return err
+	}
 	var err error
-	if n.containerd, err = b.start("containerd-"+n.Name, n.NS, "containerd", "--config", filepath.Join(n.Dir, "containerd.toml")); err != nil {
+	if n.containerd, err = b.startIn("containerd-"+n.Name, n.NS, n.MountNS, "containerd", "--config", filepath.Join(n.Dir, "containerd.toml")); err != nil {
 		return err
 	}
 	if err := waitFor(30*time.Second, func() error {
@@ -318,10 +325,9 @@ func (b *Bed) startNode(n *Node, bins BinPaths) error {
 	if err := os.WriteFile(filepath.Join(n.Dir, "kubelet.yaml"), []byte(kubeletConfig(n)), 0o644); err != nil {
 		return fmt.Errorf("kubelet config: %w", err)
 	}
-	n.kubelet, err = b.start("kubelet-"+n.Name, n.NS, bins.Kubelet,
+	n.kubelet, err = b.startIn("kubelet-"+n.Name, n.NS, n.MountNS, bins.Kubelet,
 		"--config="+filepath.Join(n.Dir, "kubelet.yaml"),
 		"--kubeconfig="+b.Cluster.Kubeconfig,
-		"--root-dir="+filepath.Join(n.Dir, "kubelet"),
 		"--hostname-override="+n.Name,
 		"--node-ip="+n.IP,
 		"--v=1",
@@ -376,6 +382,46 @@ func (b *Bed) waitNodesReady(timeout time.Duration) error {
 	return nil
 }
 
+// nodeTmpfs are the folders a node gets its own (empty) tmpfs on, in its
+// mount namespace: kubelet, containerd and the CNI plugins write to fixed
+// places below them (/var/lib/kubelet, /var/lib/cni, /var/log/pods,
+// /var/log/containers, /run/containerd, and a pod's hostPath such as
+// /run/xtables.lock), which then never reach the host and vanish with the
+// namespace.
+var nodeTmpfs = []string{"/var/lib", "/var/log", "/run"}
+
+// makeMountNS creates the node's mount namespace: a private copy of the
+// host's mounts, made rshared inside (kubelet's volume mounts must reach
+// containerd's containers), with a tmpfs on each of nodeTmpfs. It is bound
+// to a file under <Dir>/mntns, which must itself be a private mount.
+func (b *Bed) makeMountNS(n *Node) error {
+	dir := filepath.Join(b.Dir, "mntns")
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("mntns dir: %w", err)
+		}
+		if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s: %w", dir, err)
+		}
+		if err := syscall.Mount("", dir, "", syscall.MS_PRIVATE, ""); err != nil {
+			return fmt.Errorf("make %s private: %w", dir, err)
+		}
+	}
+	n.MountNS = filepath.Join(dir, n.Name)
+	if err := os.WriteFile(n.MountNS, nil, 0o644); err != nil {
+		return fmt.Errorf("mntns file: %w", err)
+	}
+	script := "set -e; mount --make-rshared /"
+	for _, d := range nodeTmpfs {
+		script += fmt.Sprintf("; mount -t tmpfs -o mode=755,size=512m swynode %s", d)
+	}
+	out, err := exec.Command("unshare", "--mount="+n.MountNS, "--propagation", "private", "sh", "-c", script).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("mount namespace for %s: %w: %s", n.Name, err, out)
+	}
+	return nil
+}
+
 // proc is a process the bed started.
 type proc struct {
 	name string
@@ -388,6 +434,12 @@ type proc struct {
 // `ip netns exec`, which remounts /sys and hides the cgroup v1 mounts),
 // logging to <Dir>/logs/<name>.log.
 func (b *Bed) start(name, ns, bin string, args ...string) (*proc, error) {
+	return b.startIn(name, ns, "", bin, args...)
+}
+
+// startIn is start with the process also in the mount namespace bound at
+// mntns (empty: the host's).
+func (b *Bed) startIn(name, ns, mntns, bin string, args ...string) (*proc, error) {
 	logDir := filepath.Join(b.Dir, "logs")
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, fmt.Errorf("log dir: %w", err)
@@ -397,7 +449,11 @@ func (b *Bed) start(name, ns, bin string, args ...string) (*proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("log: %w", err)
 	}
-	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns, "--", bin}, args...)...)
+	nsArgs := []string{"--net=/run/netns/" + ns}
+	if mntns != "" {
+		nsArgs = append(nsArgs, "--mount="+mntns)
+	}
+	cmd := exec.Command("nsenter", append(append(nsArgs, "--", bin), args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -49,6 +49,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = %[8]q
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = %[7]q
@@ -56,12 +57,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 `,
 		filepath.Join(dir, "containerd-root"), filepath.Join(dir, "containerd-state"),
 		filepath.Join(dir, "containerd.sock"), filepath.Join(dir, "containerd.sock.ttrpc"),
-		filepath.Join(dir, "opt"), pauseRef, filepath.Join(dir, "cni/net.d"))
+		filepath.Join(dir, "opt"), pauseRef, filepath.Join(dir, "cni/net.d"), filepath.Join(dir, "runc"))
 }
 
 // kubeletConfig is the node's KubeletConfiguration: cgroup v1 and
 // cgroupfs as on these hosts, pods under the node's own cgroup root, pod
-// logs under the node's folder, no host resolv.conf, anonymous access
+// logs and root folder in the node's mount namespace, no host resolv.conf, anonymous access
 // allowed (the API server has no kubelet client certificate).
 func kubeletConfig(n *Node) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
@@ -75,7 +76,6 @@ address: %s
 healthzBindAddress: 127.0.0.1
 readOnlyPort: 0
 resolvConf: ""
-podLogsDir: %q
 authentication:
   anonymous:
     enabled: true
@@ -92,7 +92,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 localStorageCapacityIsolation: false
-`, n.CgroupRoot, n.Socket(), n.IP, filepath.Join(n.Dir, "pod-logs"))
+`, n.CgroupRoot, n.Socket(), n.IP)
 }
 
 // cniConfig is the node's pod network: a bridge with host-local

@@ -3,8 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,33 +61,25 @@ func (b *Bed) DeploySwitchyard(ctx context.Context, image string) error {
 	return b.Cluster.Apply(ctx, objs, false)
 }
 
-// PodNetNS returns the network namespace file of the pod with IP ip on
-// node n: containerd keeps pod namespaces under its state folder
-// (netns_mounts_under_state_dir).
-func (n *Node) PodNetNS(ip string) (string, error) {
-	want, err := netip.ParseAddr(ip)
-	if err != nil {
-		return "", fmt.Errorf("pod IP %q: %w", ip, err)
-	}
-	files, _ := filepath.Glob(filepath.Join(n.Dir, "containerd-state", "*", "netns", "*"))
-	more, _ := filepath.Glob(filepath.Join(n.Dir, "containerd-state", "netns", "*"))
-	for _, f := range append(files, more...) {
-		found := false
-		_ = InNS(f, func() error {
-			addrs, err := net.InterfaceAddrs()
-			if err != nil {
-				return err
-			}
-			for _, a := range addrs {
-				if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr() == want {
-					found = true
-				}
-			}
-			return nil
-		})
-		if found {
-			return f, nil
+// PodNetNS returns a network namespace path of the pod with UID uid on
+// node n: /proc/<pid>/ns/net of a process in the pod's cgroup (kubelet's
+// cgroupfs layout: <cgroup root>/kubepods/[<qos>/]pod<uid>/<container>).
+func (n *Node) PodNetNS(uid string) (string, error) {
+	root := filepath.Join("/sys/fs/cgroup/pids", n.CgroupRoot)
+	var podDir string
+	_ = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() && d.Name() == "pod"+uid {
+			podDir = path
+			return filepath.SkipAll
 		}
+		return nil
+	})
+	if podDir == "" {
+		return "", fmt.Errorf("no cgroup for pod %s under %s", uid, root)
 	}
-	return "", fmt.Errorf("no network namespace on %s has %s (looked at %d)", n.Name, ip, len(files)+len(more))
+	pids := cgroupPIDs(podDir)
+	if len(pids) == 0 {
+		return "", fmt.Errorf("no process in %s", podDir)
+	}
+	return fmt.Sprintf("/proc/%d/ns/net", pids[0]), nil
 }

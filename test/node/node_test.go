@@ -102,7 +102,7 @@ func TestSwitchyardDaemonSet(t *testing.T) {
 		t.Fatalf("echo pods are not on both nodes: %v", onNode)
 	}
 	client := clientPod(t, b)
-	clientNS, err := b.Nodes[0].PodNetNS(client.Status.PodIP)
+	clientNS, err := b.Nodes[0].PodNetNS(string(client.UID))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package node
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -18,9 +17,10 @@ import (
 // teardown stops everything the bed started and removes what it made:
 // kubelets first (no pod restarts behind our back), then every process in
 // the nodes' pod cgroups, containerd's shims, containerd, the control
-// plane; then mounts under the scratch folder, the pod cgroups, the
-// namespaces, kubelet's /var/log/containers links, containerd's shim
-// sockets, and the scratch folder. Global sysctls kubelet changed are put
+// plane; then mounts under the scratch folder (the nodes' mount namespace
+// files: with their last process gone, the namespaces and every mount in
+// them go too), the pod cgroups, the network namespaces and the scratch
+// folder. Global sysctls kubelet changed are put
 // back. It keeps going on errors and returns them all.
 func (b *Bed) teardown() error {
 	var errs []error
@@ -34,11 +34,7 @@ func (b *Bed) teardown() error {
 			errs = append(errs, err)
 		}
 	}
-	sockets := map[string]bool{}
 	for _, n := range b.Nodes {
-		for _, id := range taskIDs(n) {
-			sockets[shimSocket(n.Socket(), "k8s.io", id)] = true
-		}
 		for _, pid := range shimPIDs(n.Socket()) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -74,14 +70,6 @@ func (b *Bed) teardown() error {
 			if err := ipCmd("netns", "del", ns); err != nil {
 				errs = append(errs, err)
 			}
-		}
-	}
-	if err := removeLinksInto("/var/log/containers", b.Dir); err != nil {
-		errs = append(errs, err)
-	}
-	for s := range sockets {
-		if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove shim socket: %w", err))
 		}
 	}
 	for k, v := range b.sysctls {
@@ -167,24 +155,6 @@ func removeCgroupRoot(root string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// taskIDs lists the containerd tasks (containers and sandboxes) a node ran,
-// from its state folder.
-func taskIDs(n *Node) []string {
-	entries, _ := os.ReadDir(filepath.Join(n.Dir, "containerd-state", "io.containerd.runtime.v2.task", "k8s.io"))
-	var ids []string
-	for _, e := range entries {
-		ids = append(ids, e.Name())
-	}
-	return ids
-}
-
-// shimSocket is where containerd 1.6's runc shim for task id listens:
-// /run/containerd/s/<sha256 of address/namespace/id>, whatever containerd's
-// own state folder is.
-func shimSocket(address, ns, id string) string {
-	return fmt.Sprintf("/run/containerd/s/%x", sha256.Sum256([]byte(filepath.Join(address, ns, id))))
 }
 
 // shimPIDs finds the containerd shims serving the containerd at address
@@ -276,27 +246,4 @@ func unescapeMount(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
-}
-
-// removeLinksInto removes the symbolic links in dir that point below
-// target (kubelet's /var/log/containers links to its pod logs), and dir
-// itself if that leaves it empty and it did not exist before... which we
-// cannot know, so only if empty.
-func removeLinksInto(dir, target string) error {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read %s: %w", dir, err)
-	}
-	for _, e := range entries {
-		p := filepath.Join(dir, e.Name())
-		if dst, err := os.Readlink(p); err == nil && strings.HasPrefix(dst, target+"/") {
-			if err := os.Remove(p); err != nil {
-				return fmt.Errorf("remove %s: %w", p, err)
-			}
-		}
-	}
-	return nil
 }
