@@ -10,7 +10,7 @@ APT_PKGS  := iptables nftables ipset ipvsadm conntrack iproute2 procps
 # Test timeout per package run; make test as a whole stays under 25 minutes.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build deps test test-cluster test-vm test-vm-full unit lint demo clean image test-image
+.PHONY: all build deps test test-cluster test-vm test-vm-full unit lint demo clean image test-image test-node node-deps
 
 all: build
 
@@ -28,12 +28,14 @@ build:
 	$(GO) build -o $(BIN)/switchyard ./cmd/switchyard
 
 ## test: everything CI runs: lint, unit tests, real-kernel tests in network
-## namespaces, the image run by runc, the end-to-end suite against a real kube-apiserver, and the
+## namespaces, the image run by runc, the end-to-end suite against a real kube-apiserver, two real
+## nodes running the DaemonSet (test-node), and the
 ## IPVS suite inside a throwaway VM.
 test: deps lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(MAKE) test-image
 	$(MAKE) test-cluster
+	$(MAKE) test-node
 	$(MAKE) test-vm
 
 ## test-cluster: build the test control plane (kube-apiserver + etcd; a cold
@@ -118,6 +120,25 @@ test-image: image
 	@missing=""; for p in runc umoci skopeo; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	SWY_IMAGE_LAYOUT=$(CURDIR)/$(IMAGE_DIR)/oci SWY_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_DIR)/switchyard.tar $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/image
+
+## test-node: two real nodes (test/node): the test control plane plus
+## kube-controller-manager and kube-scheduler, and per node a network and
+## mount namespace with Debian's containerd + runc + CNI plugins and kubelet
+## (all built from test/cluster's go.mod into .cache/bin). Imports `make
+## image` into each node's containerd, applies deploy/, sends pod -> ClusterIP
+## and outside -> NodePort traffic across the nodes and rolls the DaemonSet
+## under traffic. Warm: about 1 minute; cold: + the kubelet, controller-manager
+## and scheduler builds (minutes each).
+NODE_APT_PKGS := containerd runc containernetworking-plugins util-linux
+node-deps:
+	@missing=""; for p in $(NODE_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo ">> installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+test-node: deps node-deps image
+	cd test/node && $(GO) vet ./... && \
+		SWY_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_DIR)/switchyard.tar $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestSwitchyardDaemonSet' .
 
 clean:
 	rm -rf $(BIN)

@@ -597,3 +597,64 @@ func NSDialer(path string) func(ctx context.Context, network, addr string) (net.
 		return c, err
 	}
 }
+
+// Memory reports the resident set size of the bed's parts in MiB: the
+// control plane (kube-apiserver + etcd, controller manager, scheduler), and
+// per node kubelet, containerd, its shims and its pods' processes.
+func (b *Bed) Memory() string {
+	mib := func(pids ...int) int64 {
+		var sum int64
+		for _, p := range pids {
+			sum += rss(p)
+		}
+		return sum >> 20
+	}
+	b.mu.Lock()
+	procs := append([]*proc(nil), b.procs...)
+	b.mu.Unlock()
+	pidOf := func(name string) int {
+		for _, p := range procs {
+			if p.name == name && p.running() {
+				return p.cmd.Process.Pid
+			}
+		}
+		return 0
+	}
+	var total int64
+	parts := []string{}
+	add := func(name string, v int64) {
+		total += v
+		parts = append(parts, fmt.Sprintf("%s %d", name, v))
+	}
+	if b.Cluster != nil {
+		add("apiserver+etcd", mib(b.Cluster.PID()))
+	}
+	add("controller-manager", mib(pidOf("kube-controller-manager")))
+	add("scheduler", mib(pidOf("kube-scheduler")))
+	for _, n := range b.Nodes {
+		add(n.Name+" kubelet", mib(pidOf("kubelet-"+n.Name)))
+		add(n.Name+" containerd", mib(pidOf("containerd-"+n.Name)))
+		add(n.Name+" shims", mib(shimPIDs(n.Socket())...))
+		add(n.Name+" pods", mib(cgroupPIDs(filepath.Join("/sys/fs/cgroup/pids", n.CgroupRoot))...))
+	}
+	return fmt.Sprintf("RSS MiB: total %d (%s)", total, strings.Join(parts, ", "))
+}
+
+// rss reads a process's resident set size in bytes (0 if it is gone).
+func rss(pid int) int64 {
+	if pid <= 0 {
+		return 0
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			var kb int64
+			_, _ = fmt.Sscanf(rest, "%d", &kb)
+			return kb << 10
+		}
+	}
+	return 0
+}

@@ -28,10 +28,11 @@ type BinPaths struct {
 // CacheDir is where binaries are built once: <repo>/.cache/bin.
 func CacheDir() string { return filepath.Join(cluster.RepoRoot(), ".cache", "bin") }
 
-// Binaries returns the bed's programs, building each missing one into
-// CacheDir (kubelet, kube-controller-manager and kube-scheduler from
-// test/cluster's module, a few minutes each when the build cache is cold).
-// make test-node builds them first; SWY_NODE_REBUILD=1 rebuilds.
+// Binaries returns the bed's programs, built into CacheDir: kubelet,
+// kube-controller-manager and kube-scheduler from test/cluster's module (a
+// few minutes each when the build cache is cold), the others from this
+// repository. go build leaves an up-to-date binary alone, so a warm call
+// takes seconds.
 func Binaries() (BinPaths, error) {
 	tc, _, err := cluster.Binary()
 	if err != nil {
@@ -64,8 +65,8 @@ func Binaries() (BinPaths, error) {
 	return b, nil
 }
 
-// buildOnce builds pkg (in module dir) into CacheDir/name unless it is
-// there already, under a file lock.
+// buildOnce builds pkg (in module dir) into CacheDir/name under a file
+// lock (concurrent test processes share the cache).
 func buildOnce(name, dir, pkg, ldflags string, static bool) (string, error) {
 	out := filepath.Join(CacheDir(), name)
 	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
@@ -80,9 +81,6 @@ func buildOnce(name, dir, pkg, ldflags string, static bool) (string, error) {
 		return "", fmt.Errorf("take build lock: %w", err)
 	}
 	defer func() { _ = syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) }()
-	if _, err := os.Stat(out); err == nil && os.Getenv("SWY_NODE_REBUILD") == "" {
-		return out, nil
-	}
 	start := time.Now()
 	args := []string{"build", "-ldflags", ldflags, "-o", out}
 	cmd := exec.Command("go", append(args, pkg)...)
@@ -95,6 +93,8 @@ func buildOnce(name, dir, pkg, ldflags string, static bool) (string, error) {
 	if o, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, strings.TrimSpace(string(o)))
 	}
-	fmt.Fprintf(os.Stderr, "test/node: built %s in %s\n", name, time.Since(start).Round(time.Second))
+	if took := time.Since(start); took > 10*time.Second {
+		fmt.Fprintf(os.Stderr, "test/node: built %s in %s\n", name, took.Round(time.Second))
+	}
 	return out, nil
 }

@@ -218,10 +218,7 @@ func TestSwitchyardDaemonSet(t *testing.T) {
 		}
 		t.Fatalf("%s: kubelet or containerd exited", n.Name)
 	}
-	for _, n := range b.Nodes {
-		rss := rssOf(n.kubelet.cmd.Process.Pid) + rssOf(n.containerd.cmd.Process.Pid)
-		t.Logf("%s: kubelet + containerd RSS %d MiB", n.Name, rss>>20)
-	}
+	t.Log(b.Memory())
 }
 
 // ask makes one TCP connection from the namespace at nsPath to addr and
@@ -401,20 +398,4 @@ func keys(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// rssOf reads a process's resident set size in bytes.
-func rssOf(pid int) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			var kb int64
-			fmt.Sscanf(strings.TrimPrefix(l, "VmRSS:"), "%d", &kb)
-			return kb << 10
-		}
-	}
-	return 0
 }
