@@ -251,8 +251,16 @@ func (b *Bed) setupNetwork() error {
 	return nil
 }
 
-// routePodCIDRs routes each node's pod CIDR to it from every other node.
+// routePodCIDRs routes each node's pod CIDR to it from every other node
+// and from the control-plane namespace (pods reach the API server through
+// the kubernetes Service unmasqueraded, and the e2e runner there reaches
+// pods).
 func (b *Bed) routePodCIDRs() error {
+	for _, to := range b.Nodes {
+		if err := ipCmd("-n", b.CPNS, "route", "replace", to.PodCIDR, "via", to.IP); err != nil {
+			return err
+		}
+	}
 	for _, from := range b.Nodes {
 		for _, to := range b.Nodes {
 			if from == to {

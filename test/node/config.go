@@ -7,6 +7,10 @@ import (
 	"strings"
 )
 
+// DNSServiceIP is the cluster DNS Service's address (kubelet's clusterDNS;
+// CoreDNS serves it when a test deploys it).
+const DNSServiceIP = "10.96.0.10"
+
 // pauseRef is the bed's sandbox image (swy-pause, packed by the bed).
 const pauseRef = "localhost/swynode/pause:v1"
 
@@ -76,6 +80,8 @@ address: %s
 healthzBindAddress: 127.0.0.1
 readOnlyPort: 0
 resolvConf: ""
+clusterDNS: [%q]
+clusterDomain: cluster.local
 authentication:
   anonymous:
     enabled: true
@@ -92,7 +98,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 localStorageCapacityIsolation: false
-`, n.CgroupRoot, n.Socket(), n.IP)
+`, n.CgroupRoot, n.Socket(), n.IP, DNSServiceIP)
 }
 
 // cniConfig is the node's pod network: a bridge with host-local
