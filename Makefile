@@ -10,7 +10,7 @@ APT_PKGS  := iptables nftables ipset ipvsadm conntrack iproute2 procps
 # Test timeout per package run; make test as a whole stays under 25 minutes.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build deps test test-cluster test-vm test-vm-full unit lint demo clean image test-image test-node node-deps
+.PHONY: all build deps test test-cluster test-vm test-vm-full unit lint demo clean image test-image test-node node-deps test-node-full
 
 all: build
 
@@ -139,6 +139,21 @@ node-deps:
 test-node: deps node-deps image
 	cd test/node && $(GO) vet ./... && \
 		SWY_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_DIR)/switchyard.tar $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestSwitchyardDaemonSet' .
+
+## test-node-full: test-node, then upstream's [sig-network] Services e2e specs
+## (e2e.test, agnhost, kubectl, kube-proxy built from test/cluster's go.mod,
+## CoreDNS from its module, into .cache/bin) on a fresh two-node bed against
+## switchyard's DaemonSet, then on another against upstream kube-proxy;
+## results in .cache/node-e2e/<proxy>/summary.txt (see test/node/README.md).
+NODE_E2E_OUT := $(CURDIR)/.cache/node-e2e
+test-node-full: test-node
+	cd test/node && s=0; k=0; \
+	SWY_NODE_E2E=switchyard SWY_NODE_E2E_OUT=$(NODE_E2E_OUT) SWY_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_DIR)/switchyard.tar \
+		$(GO) test -count=1 -timeout 4h -v -run TestUpstreamServices . || s=$$?; \
+	SWY_NODE_E2E=kube-proxy SWY_NODE_E2E_OUT=$(NODE_E2E_OUT) \
+		$(GO) test -count=1 -timeout 4h -v -run TestUpstreamServices . || k=$$?; \
+	head -qn1 $(NODE_E2E_OUT)/switchyard/summary.txt $(NODE_E2E_OUT)/kube-proxy/summary.txt; \
+	[ $$s = 0 ] && [ $$k = 0 ]
 
 clean:
 	rm -rf $(BIN)

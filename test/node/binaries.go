@@ -86,7 +86,6 @@ func buildOnce(name, dir, pkg, ldflags string, static bool) (string, error) {
 	cmd := exec.Command("go", append(args, pkg)...)
 	cmd.Env = os.Environ()
 	if static {
-		cmd = exec.Command("go", append(args, "-trimpath", pkg)...)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	}
 	cmd.Dir = dir
@@ -97,4 +96,81 @@ func buildOnce(name, dir, pkg, ldflags string, static bool) (string, error) {
 		fmt.Fprintf(os.Stderr, "test/node: built %s in %s\n", name, took.Round(time.Second))
 	}
 	return out, nil
+}
+
+// CoreDNSVersion is the CoreDNS release the bed builds (from its Go
+// module, through the module proxy) for cluster DNS.
+const CoreDNSVersion = "v1.14.7"
+
+// UpstreamBins are the programs TestUpstreamServices needs besides the
+// bed's own.
+type UpstreamBins struct {
+	E2ETest, Agnhost, Kubectl, KubeProxy, CoreDNS string
+}
+
+// UpstreamBinaries builds (or finds up to date) upstream's e2e.test,
+// agnhost, kubectl and kube-proxy from test/cluster's module, and
+// CoreDNS (static) from its own module, into CacheDir.
+func UpstreamBinaries() (UpstreamBins, error) {
+	var u UpstreamBins
+	ld := fmt.Sprintf("-X k8s.io/component-base/version.gitVersion=%s -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean", KubeVersion)
+	kube := filepath.Join(cluster.RepoRoot(), "test", "cluster")
+	for _, x := range []struct {
+		dst       *string
+		name, pkg string
+		flags     string
+		static    bool
+	}{
+		{&u.Kubectl, "kubectl", "k8s.io/kubernetes/cmd/kubectl", ld, false},
+		{&u.KubeProxy, "kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy", ld, false},
+		{&u.Agnhost, "agnhost", "k8s.io/kubernetes/test/images/agnhost", "-s -w", false},
+	} {
+		p, err := buildOnce(x.name, kube, x.pkg, x.flags, x.static)
+		if err != nil {
+			return u, err
+		}
+		*x.dst = p
+	}
+	u.E2ETest = filepath.Join(CacheDir(), "e2e.test")
+	if err := runLocked(u.E2ETest, kube, nil, "test", "-c", "-ldflags", ld, "-o", u.E2ETest, "k8s.io/kubernetes/test/e2e"); err != nil {
+		return u, err
+	}
+	u.CoreDNS = filepath.Join(CacheDir(), "coredns")
+	tmp, err := os.MkdirTemp("", "swynode-coredns-")
+	if err != nil {
+		return u, fmt.Errorf("temp dir: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := runLocked(u.CoreDNS, tmp, []string{"CGO_ENABLED=0", "GOBIN=" + CacheDir()},
+		"install", "-ldflags", "-s -w", "github.com/coredns/coredns@"+CoreDNSVersion); err != nil {
+		return u, err
+	}
+	return u, nil
+}
+
+// runLocked runs `go args...` in dir under out's build lock.
+func runLocked(out, dir string, env []string, args ...string) error {
+	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
+		return fmt.Errorf("cache dir: %w", err)
+	}
+	lock, err := os.OpenFile(out+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return fmt.Errorf("build lock: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("take build lock: %w", err)
+	}
+	defer func() { _ = syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) }()
+	start := time.Now()
+	cmd := exec.Command("go", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, strings.TrimSpace(string(o)))
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		fmt.Fprintf(os.Stderr, "test/node: built %s in %s\n", filepath.Base(out), took.Round(time.Second))
+	}
+	return nil
 }

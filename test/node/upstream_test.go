@@ -37,13 +37,9 @@ func TestUpstreamServices(t *testing.T) {
 	if proxy == "" {
 		t.Skip("set SWY_NODE_E2E=switchyard or kube-proxy (make test-node-full)")
 	}
-	need := map[string]string{}
-	for _, name := range []string{"e2e.test", "agnhost", "kubectl", "kube-proxy", "coredns"} {
-		p := filepath.Join(CacheDir(), name)
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("%s: %v (make test-node-full builds it)", name, err)
-		}
-		need[name] = p
+	ub, err := UpstreamBinaries()
+	if err != nil {
+		t.Fatalf("upstream binaries: %v", err)
 	}
 	out := os.Getenv("SWY_NODE_E2E_OUT")
 	if out == "" {
@@ -60,7 +56,7 @@ func TestUpstreamServices(t *testing.T) {
 	b := Start(t)
 	ctx := context.Background()
 	s := time.Now()
-	if err := b.ImportUpstreamImages(bins, need["agnhost"], need["coredns"]); err != nil {
+	if err := b.ImportUpstreamImages(bins, ub.Agnhost, ub.CoreDNS); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("upstream images: %s", time.Since(s).Round(100*time.Millisecond))
@@ -93,7 +89,7 @@ func TestUpstreamServices(t *testing.T) {
 			t.Fatal(err)
 		}
 	case "kube-proxy":
-		if err := b.StartKubeProxy(need["kube-proxy"]); err != nil {
+		if err := b.StartKubeProxy(ub.KubeProxy); err != nil {
 			t.Fatal(err)
 		}
 	default:
@@ -107,9 +103,9 @@ func TestUpstreamServices(t *testing.T) {
 
 	report := filepath.Join(out, "report.json")
 	_ = os.Remove(report)
-	args := []string{"--net=/run/netns/" + b.CPNS, "--", need["e2e.test"],
+	args := []string{"--net=/run/netns/" + b.CPNS, "--", ub.E2ETest,
 		"--kubeconfig=" + b.Cluster.Kubeconfig, "--provider=local", "--num-nodes=2",
-		"--kubectl-path=" + need["kubectl"], "--report-dir=" + out,
+		"--kubectl-path=" + ub.Kubectl, "--report-dir=" + out,
 		"--ginkgo.focus=" + E2EFocus, "--ginkgo.skip=" + E2ESkip,
 		"--ginkgo.json-report=" + report, "--ginkgo.no-color", "--ginkgo.timeout=3h",
 	}

@@ -1,10 +1,12 @@
 #!/bin/sh
 # rootfs.sh CACHE ROOT KIND BINARY: the root file system of one of the
 # images upstream's e2e specs run, from Debian packages (downloaded once
-# into CACHE with apt-get download; no package script runs) plus a static
-# Go binary:
-#   agnhost: /agnhost (k8s.io/kubernetes/test/images/agnhost, built from
-#            test/cluster's go.mod) and what the specs shell out to in it:
+# into CACHE with apt-get download; no package script runs) plus a Go
+# binary:
+#   agnhost: /agnhost (k8s.io/kubernetes/test/images/agnhost, built with cgo
+#            from test/cluster's go.mod: it shares the build cache with
+#            e2e.test, and the image has glibc) and what the specs shell out
+#            to in it:
 #            sh and the usual commands (busybox), curl, wget, nc, ip,
 #            conntrack;
 #   busybox: busybox with its applets linked under /bin (BINARY unused).
@@ -52,7 +54,7 @@ printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
 printf 'root:x:0:\n' > "$root/etc/group"
 if [ "$kind" = agnhost ]; then
 	install -m 0755 "$bin" "$root/agnhost"
-	for cmd in "curl --version" "wget --version" "nc -h" "conntrack --version" "ip -V" "sh -c true"; do
+	for cmd in "/agnhost --help" "curl --version" "wget --version" "nc -h" "conntrack --version" "ip -V" "sh -c true"; do
 		set -- $cmd
 		out=$(chroot "$root" "$@" 2>&1) || case "$out" in
 			*usage*|*OpenBSD*) ;;

@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -115,7 +116,19 @@ func run(o options) (err error) {
 	if err != nil {
 		return err
 	}
-	files, err := pki.Ensure(filepath.Join(dir, "pki"), []net.IP{hostIP})
+	// In-cluster clients (pods) reach the API server at the kubernetes
+	// Service's cluster IP, the first address of each service range.
+	certIPs := []net.IP{hostIP}
+	for _, cidr := range strings.Split(o.serviceCIDR, ",") {
+		_, n, err := net.ParseCIDR(strings.TrimSpace(cidr))
+		if err != nil {
+			return fmt.Errorf("--service-cluster-ip-range %q: %w", o.serviceCIDR, err)
+		}
+		first := slices.Clone(n.IP)
+		first[len(first)-1]++
+		certIPs = append(certIPs, first)
+	}
+	files, err := pki.Ensure(filepath.Join(dir, "pki"), certIPs)
 	if err != nil {
 		return fmt.Errorf("prepare certificates: %w", err)
 	}
