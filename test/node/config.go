@@ -97,7 +97,6 @@ evictionHard:
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
-localStorageCapacityIsolation: false
 `, n.CgroupRoot, n.Socket(), n.IP, DNSServiceIP)
 }
 

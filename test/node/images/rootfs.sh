@@ -45,11 +45,12 @@ for p in $PKGS; do
 	dpkg-deb --fsys-tarfile "$deb" | tar -x --keep-directory-symlink -C "$root"
 done
 rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/info" "$root/usr/share/locale"
+# netcat-openbsd's nc link comes from its package script (alternatives).
+[ -e "$root/usr/bin/nc.openbsd" ] && ln -s nc.openbsd "$root/usr/bin/nc"
 # busybox's applets for every command no package provides (sh, sleep, ...).
 for a in $(chroot "$root" /bin/busybox --list); do
 	[ -e "$root/usr/bin/$a" ] || [ -e "$root/usr/sbin/$a" ] || ln -s busybox "$root/usr/bin/$a"
 done
-[ -e "$root/usr/bin/nc" ] || ln -s nc.openbsd "$root/usr/bin/nc"
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
 printf 'root:x:0:\n' > "$root/etc/group"
 if [ "$kind" = agnhost ]; then
