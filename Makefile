@@ -138,7 +138,7 @@ node-deps:
 	fi
 test-node: deps node-deps image
 	cd test/node && $(GO) vet ./... && \
-		SWY_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_DIR)/switchyard.tar $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestSwitchyardDaemonSet' .
+		SWY_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_DIR)/switchyard.tar $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestSwitchyardDaemonSet|TestOverlay' .
 
 ## test-node-full: test-node, then upstream's [sig-network] Services e2e specs
 ## (e2e.test, agnhost, kubectl, kube-proxy built from test/cluster's go.mod,

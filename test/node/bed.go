@@ -89,10 +89,12 @@ type Bed struct {
 	// Timings records how long each bring-up step took.
 	Timings []Timing
 
-	t       testing.TB
-	mu      sync.Mutex
-	procs   []*proc
-	sysctls map[string]string
+	t     testing.TB
+	mu    sync.Mutex
+	procs []*proc
+	// sysctlsSaved: this bed registered in the host's sysctl state (see
+	// sysctl.go) and must unregister.
+	sysctlsSaved bool
 }
 
 // Timing is one measured bring-up step.
@@ -186,21 +188,6 @@ func Start(t testing.TB) *Bed {
 		return b.waitNodesReady(4 * time.Minute)
 	})
 	return b
-}
-
-// saveSysctls records the global kernel settings kubelet changes at start
-// (vm.overcommit_memory, kernel.panic, ...: not per network namespace), so
-// that teardown puts the host's values back.
-func (b *Bed) saveSysctls() error {
-	b.sysctls = map[string]string{}
-	for _, k := range []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops", "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"} {
-		v, err := os.ReadFile("/proc/sys/" + k)
-		if err != nil {
-			return fmt.Errorf("read sysctl %s: %w", k, err)
-		}
-		b.sysctls[k] = strings.TrimSpace(string(v))
-	}
-	return nil
 }
 
 // setupNetwork makes the namespaces: a bridge in the control-plane one,

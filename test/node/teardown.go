@@ -20,8 +20,8 @@ import (
 // plane; then mounts under the scratch folder (the nodes' mount namespace
 // files: with their last process gone, the namespaces and every mount in
 // them go too), the pod cgroups, the network namespaces and the scratch
-// folder. Global sysctls kubelet changed are put
-// back. It keeps going on errors and returns them all.
+// folder. Global sysctls kubelet changed are put back by the last bed
+// running on the host. It keeps going on errors and returns them all.
 func (b *Bed) teardown() error {
 	var errs []error
 	for _, n := range b.Nodes {
@@ -72,13 +72,8 @@ func (b *Bed) teardown() error {
 			}
 		}
 	}
-	for k, v := range b.sysctls {
-		cur, err := os.ReadFile("/proc/sys/" + k)
-		if err == nil && strings.TrimSpace(string(cur)) != v {
-			if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0o644); err != nil {
-				errs = append(errs, fmt.Errorf("restore sysctl %s: %w", k, err))
-			}
-		}
+	if err := b.restoreSysctls(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(b.Dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove scratch dir: %w", err))
