@@ -10,7 +10,7 @@ APT_PKGS  := iptables nftables ipset ipvsadm conntrack iproute2 procps container
 # Test timeout per package run; make test as a whole stays under 25 minutes.
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build deps bench test test-cluster test-vm test-vm-full unit lint demo clean image test-image
+.PHONY: all build deps bench test test-cluster test-vm test-vm-full unit lint demo clean image test-image test-node node-deps test-node-full
 
 all: build
 
@@ -29,12 +29,14 @@ build:
 	$(GO) build -o $(BIN)/switchyard ./cmd/switchyard
 
 ## test: everything CI runs: lint, unit tests, real-kernel tests in network
-## namespaces, the image run by runc, the end-to-end suite against a real kube-apiserver, and the
+## namespaces, the image run by runc, the end-to-end suite against a real kube-apiserver, two real
+## nodes running the DaemonSet (test-node), and the
 ## IPVS suite inside a throwaway VM.
 test: deps lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(MAKE) test-image
 	$(MAKE) test-cluster
+	$(MAKE) test-node
 	$(MAKE) test-vm
 
 ## test-cluster: build the test control plane (kube-apiserver + etcd; a cold
@@ -142,6 +144,40 @@ test-image: image
 	@missing=""; for p in runc umoci skopeo; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	SWY_IMAGE_LAYOUT=$(CURDIR)/$(IMAGE_DIR)/oci SWY_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_DIR)/switchyard.tar $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/image
+
+## test-node: two real nodes (test/node): the test control plane plus
+## kube-controller-manager and kube-scheduler, and per node a network and
+## mount namespace with Debian's containerd + runc + CNI plugins and kubelet
+## (all built from test/cluster's go.mod into .cache/bin). Imports `make
+## image` into each node's containerd, applies deploy/, sends pod -> ClusterIP
+## and outside -> NodePort traffic across the nodes and rolls the DaemonSet
+## under traffic. Warm: about 1 minute; cold: + the kubelet, controller-manager
+## and scheduler builds (minutes each).
+NODE_APT_PKGS := containerd runc containernetworking-plugins util-linux
+node-deps:
+	@missing=""; for p in $(NODE_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo ">> installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+test-node: deps node-deps image
+	cd test/node && $(GO) vet ./... && \
+		SWY_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_DIR)/switchyard.tar $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestSwitchyardDaemonSet|TestOverlay' .
+
+## test-node-full: test-node, then upstream's [sig-network] Services e2e specs
+## (e2e.test, agnhost, kubectl, kube-proxy built from test/cluster's go.mod,
+## CoreDNS from its module, into .cache/bin) on a fresh two-node bed against
+## switchyard's DaemonSet, then on another against upstream kube-proxy;
+## results in .cache/node-e2e/<proxy>/summary.txt (see test/node/README.md).
+NODE_E2E_OUT := $(CURDIR)/.cache/node-e2e
+test-node-full: test-node
+	cd test/node && s=0; k=0; \
+	SWY_NODE_E2E=switchyard SWY_NODE_E2E_OUT=$(NODE_E2E_OUT) SWY_IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_DIR)/switchyard.tar \
+		$(GO) test -count=1 -timeout 4h -v -run TestUpstreamServices . || s=$$?; \
+	SWY_NODE_E2E=kube-proxy SWY_NODE_E2E_OUT=$(NODE_E2E_OUT) \
+		$(GO) test -count=1 -timeout 4h -v -run TestUpstreamServices . || k=$$?; \
+	head -qn1 $(NODE_E2E_OUT)/switchyard/summary.txt $(NODE_E2E_OUT)/kube-proxy/summary.txt; \
+	[ $$s = 0 ] && [ $$k = 0 ]
 
 clean:
 	rm -rf $(BIN)

@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -67,7 +68,7 @@ func main() {
 	fs.StringVar(&o.dataDir, "data-dir", "", "folder for etcd data, certificates and tokens, kept on exit; default: a temporary folder removed on exit")
 	fs.StringArrayVar(&o.userTokens, "user-token", nil, "extra static token user, TOKEN,USER,UID[,GROUP...] (repeatable)")
 	fs.StringVar(&o.serviceCIDR, "service-cluster-ip-range", "10.96.0.0/16", "service cluster IP range(s), comma separated")
-	fs.StringArrayVar(&o.apiserverExtra, "apiserver-arg", nil, "extra kube-apiserver flag, e.g. --apiserver-arg=--v=2 (repeatable)")
+	fs.StringArrayVar(&o.apiserverExtra, "apiserver-arg", nil, "extra kube-apiserver flag, e.g. --apiserver-arg=--v=2 (repeatable); it replaces a default flag of the same name")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 2*time.Minute, "give up if /readyz is not 200 within this time")
 	_ = fs.Parse(os.Args[1:])
 	if o.kubeconfigOut == "" {
@@ -115,7 +116,19 @@ func run(o options) (err error) {
 	if err != nil {
 		return err
 	}
-	files, err := pki.Ensure(filepath.Join(dir, "pki"), []net.IP{hostIP})
+	// In-cluster clients (pods) reach the API server at the kubernetes
+	// Service's cluster IP, the first address of each service range.
+	certIPs := []net.IP{hostIP}
+	for _, cidr := range strings.Split(o.serviceCIDR, ",") {
+		_, n, err := net.ParseCIDR(strings.TrimSpace(cidr))
+		if err != nil {
+			return fmt.Errorf("--service-cluster-ip-range %q: %w", o.serviceCIDR, err)
+		}
+		first := slices.Clone(n.IP)
+		first[len(first)-1]++
+		certIPs = append(certIPs, first)
+	}
+	files, err := pki.Ensure(filepath.Join(dir, "pki"), certIPs)
 	if err != nil {
 		return fmt.Errorf("prepare certificates: %w", err)
 	}
@@ -168,7 +181,7 @@ func run(o options) (err error) {
 		// then closes within 2 s, watches included.
 		"--shutdown-send-retry-after=true",
 	}
-	args = append(args, o.apiserverExtra...)
+	args = append(withoutOverridden(args, o.apiserverExtra), o.apiserverExtra...)
 	cmd.SetArgs(args)
 	if err := cmd.Execute(); err != nil {
 		return fmt.Errorf("kube-apiserver: %w", err)
@@ -342,4 +355,22 @@ func announceWhenReady(ctx context.Context, o options, server string, caPEM []by
 	}
 	fmt.Printf("ready in %s: server=%s kubeconfig=%s\n", time.Since(started).Round(time.Millisecond), server, o.kubeconfigOut)
 	return nil
+}
+
+// withoutOverridden drops the default flags that an --apiserver-arg sets
+// again: list flags such as --disable-admission-plugins append rather than
+// replace when repeated, so a default could not be undone otherwise.
+func withoutOverridden(defaults, extra []string) []string {
+	name := func(arg string) string { n, _, _ := strings.Cut(arg, "="); return n }
+	set := map[string]bool{}
+	for _, a := range extra {
+		set[name(a)] = true
+	}
+	var out []string
+	for _, a := range defaults {
+		if !set[name(a)] {
+			out = append(out, a)
+		}
+	}
+	return out
 }
