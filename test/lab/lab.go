@@ -23,6 +23,14 @@
 // built once per test binary; it answers on IPv4 and IPv6. Everything is
 // removed in t.Cleanup.
 //
+// The lab starts no process to build or remove itself (only the echo
+// servers, side by side): namespaces are created and deleted as `ip netns
+// add`/`del` do (named under /run/netns, so `ip -n` and `ip netns exec`
+// see them), links, addresses and routes go over netlink handles opened
+// inside each namespace, and sysctls are written to /proc/sys from a
+// thread inside the namespace. Under emulation (test/vm) each `ip` process
+// cost seconds; a dual-stack lab needed about 60 of them.
+//
 // Dual-stack (opt-in: Spec.DualStack, an IPv6 address in the Spec, or a pod
 // with Pod.IPv6): the same topology also carries IPv6, with ULA and
 // documentation addresses only:
