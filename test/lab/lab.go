@@ -23,6 +23,14 @@
 // built once per test binary; it answers on IPv4 and IPv6. Everything is
 // removed in t.Cleanup.
 //
+// The lab starts no process to build or remove itself (only the echo
+// servers, side by side): namespaces are created and deleted as `ip netns
+// add`/`del` do (named under /run/netns, so `ip -n` and `ip netns exec`
+// see them), links, addresses and routes go over netlink handles opened
+// inside each namespace, and sysctls are written to /proc/sys from a
+// thread inside the namespace. Under emulation (test/vm) each `ip` process
+// cost seconds; a dual-stack lab needed about 60 of them.
+//
 // Dual-stack (opt-in: Spec.DualStack, an IPv6 address in the Spec, or a pod
 // with Pod.IPv6): the same topology also carries IPv6, with ULA and
 // documentation addresses only:
@@ -233,8 +241,45 @@ func New(t testing.TB, spec Spec) *Lab {
 		l.Pods = append(l.Pods, &PodNS{Pod: p, NS: Prefix + id + "-" + p.Name, NodeIface: fmt.Sprintf("p%d", i)})
 	}
 
-	l.addNS(l.Node)
-	l.addNS(l.Outside)
+	// Each namespace and its netlink handle; the handles close when New
+	// returns (cleanup deletes the namespaces).
+	var open []*labNS
+	defer func() {
+		for _, n := range open {
+			n.close()
+		}
+	}()
+	mkNS := func(name string, sysctls ...map[string]string) *labNS {
+		t.Helper()
+		kv := map[string]string{}
+		for _, m := range sysctls {
+			for k, v := range m {
+				kv[k] = v
+			}
+		}
+		n, mounted, err := createNS(name, kv)
+		if mounted {
+			l.mu.Lock()
+			l.nsList = append(l.nsList, name)
+			l.mu.Unlock()
+		}
+		if err != nil {
+			t.Fatalf("lab: %v", err)
+		}
+		open = append(open, n)
+		return n
+	}
+	check := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("lab: %v", err)
+		}
+	}
+	v6Node, v6Other := map[string]string{}, map[string]string{}
+	if dual {
+		v6Node, v6Other = ipv6Sysctls("1"), ipv6Sysctls("0")
+	}
+
 	// The node's default route points back out of its outside link, so an
 	// outside packet to an address no rule rewrote (a service without
 	// endpoints) would be "forwarded" out of the interface it came in on
@@ -242,7 +287,7 @@ func New(t testing.TB, spec Spec) *Lab {
 	// uses up the per-host ICMP rate limit and suppresses the REJECT's
 	// port-unreachable. A node is not a router for its clients: redirects
 	// are off (default is set before the links exist, so they inherit it).
-	l.sysctls(l.Node, map[string]string{
+	node := mkNS(l.Node, map[string]string{
 		"net/ipv4/conf/all/send_redirects":     "0",
 		"net/ipv4/conf/default/send_redirects": "0",
 		"net/ipv4/ip_forward":                  "1",
@@ -250,55 +295,47 @@ func New(t testing.TB, spec Spec) *Lab {
 		"net/ipv4/conf/all/rp_filter":          "0",
 		"net/ipv4/conf/default/rp_filter":      "0",
 		"net/ipv4/conf/all/arp_ignore":         "0",
-	})
-	l.sysctls(l.Outside, map[string]string{"net/ipv4/ip_forward": "0"})
-	if dual {
-		l.sysctls(l.Node, ipv6Sysctls("1"))
-		l.sysctls(l.Outside, ipv6Sysctls("0"))
-	}
+	}, v6Node)
+	out := mkNS(l.Outside, map[string]string{"net/ipv4/ip_forward": "0"}, v6Other)
 
 	// node <-> outside
-	l.must("ip", "-n", l.Node, "link", "add", l.ExtIface, "type", "veth", "peer", "name", "eth0", "netns", l.Outside)
-	l.must("ip", "-n", l.Node, "addr", "add", l.OutsideGW.String()+"/24", "dev", l.ExtIface)
-	l.must("ip", "-n", l.Node, "addr", "add", l.NodeIP.String()+"/32", "dev", l.ExtIface)
-	l.must("ip", "-n", l.Node, "link", "set", l.ExtIface, "up")
-	l.must("ip", "-n", l.Outside, "addr", "add", l.OutsideIP.String()+"/24", "dev", "eth0")
+	check(node.veth(l.ExtIface, out, "eth0"))
+	check(node.addr(l.ExtIface, netip.PrefixFrom(l.OutsideGW, 24)))
+	check(node.addr(l.ExtIface, netip.PrefixFrom(l.NodeIP, 32)))
+	check(node.up(l.ExtIface))
+	check(out.addr("eth0", netip.PrefixFrom(l.OutsideIP, 24)))
 	for _, a := range spec.OutsideExtraIPs {
-		l.must("ip", "-n", l.Outside, "addr", "add", a.String()+"/24", "dev", "eth0")
+		check(out.addr("eth0", netip.PrefixFrom(a, 24)))
 	}
-	l.must("ip", "-n", l.Outside, "link", "set", "eth0", "up")
-	l.must("ip", "-n", l.Outside, "route", "add", "default", "via", l.OutsideGW.String())
-	l.must("ip", "-n", l.Node, "route", "add", "default", "via", l.OutsideIP.String(), "dev", l.ExtIface)
+	check(out.up("eth0"))
+	check(out.route(route{gw: l.OutsideGW}))
+	check(node.route(route{gw: l.OutsideIP, dev: l.ExtIface}))
 	if dual {
-		l.must("ip", "-n", l.Node, "-6", "addr", "add", l.OutsideGWv6.String()+"/64", "dev", l.ExtIface, "nodad")
-		l.must("ip", "-n", l.Node, "-6", "addr", "add", l.NodeIPv6.String()+"/128", "dev", l.ExtIface, "nodad")
-		l.must("ip", "-n", l.Outside, "-6", "addr", "add", l.OutsideIPv6.String()+"/64", "dev", "eth0", "nodad")
-		l.must("ip", "-n", l.Outside, "-6", "route", "add", "default", "via", l.OutsideGWv6.String(), "dev", "eth0")
-		l.must("ip", "-n", l.Node, "-6", "route", "add", "default", "via", l.OutsideIPv6.String(), "dev", l.ExtIface)
+		check(node.addr(l.ExtIface, netip.PrefixFrom(l.OutsideGWv6, 64)))
+		check(node.addr(l.ExtIface, netip.PrefixFrom(l.NodeIPv6, 128)))
+		check(out.addr("eth0", netip.PrefixFrom(l.OutsideIPv6, 64)))
+		check(out.route(route{gw: l.OutsideGWv6, dev: "eth0"}))
+		check(node.route(route{gw: l.OutsideIPv6, dev: l.ExtIface}))
 	}
 
 	for _, p := range l.Pods {
-		l.addNS(p.NS)
-		l.sysctls(p.NS, map[string]string{"net/ipv4/conf/all/rp_filter": "0"})
-		if dual {
-			l.sysctls(p.NS, ipv6Sysctls("0"))
-		}
-		l.must("ip", "-n", l.Node, "link", "add", p.NodeIface, "type", "veth", "peer", "name", "eth0", "netns", p.NS)
-		l.must("ip", "-n", l.Node, "link", "set", p.NodeIface, "up")
-		l.must("ip", "-n", l.Node, "route", "add", p.IP.String()+"/32", "dev", p.NodeIface, "src", l.NodeIP.String())
-		l.sysctls(l.Node, map[string]string{"net/ipv4/conf/" + p.NodeIface + "/rp_filter": "0"})
-		l.must("ip", "-n", p.NS, "addr", "add", p.IP.String()+"/32", "dev", "eth0")
-		l.must("ip", "-n", p.NS, "link", "set", "eth0", "up")
-		l.must("ip", "-n", p.NS, "route", "add", "default", "via", l.NodeIP.String(), "dev", "eth0", "onlink")
+		pns := mkNS(p.NS, map[string]string{"net/ipv4/conf/all/rp_filter": "0"}, v6Other)
+		check(node.veth(p.NodeIface, pns, "eth0"))
+		check(node.up(p.NodeIface))
+		check(node.route(route{dst: netip.PrefixFrom(p.IP, 32), dev: p.NodeIface, src: l.NodeIP}))
+		check(setSysctls(node, map[string]string{"net/ipv4/conf/" + p.NodeIface + "/rp_filter": "0"}))
+		check(pns.addr("eth0", netip.PrefixFrom(p.IP, 32)))
+		check(pns.up("eth0"))
+		check(pns.route(route{gw: l.NodeIP, dev: "eth0", onlink: true}))
 		if dual {
 			// Both ends are up: the node side gets the pods' IPv6
 			// gateway, the pod its address and default route.
-			l.must("ip", "-n", l.Node, "-6", "addr", "add", PodGatewayIPv6.String()+"/64", "dev", p.NodeIface, "nodad")
+			check(node.addr(p.NodeIface, netip.PrefixFrom(PodGatewayIPv6, 64)))
 			if p.IPv6.IsValid() {
-				l.must("ip", "-n", l.Node, "-6", "route", "add", p.IPv6.String()+"/128", "dev", p.NodeIface, "src", l.NodeIPv6.String())
-				l.must("ip", "-n", p.NS, "-6", "addr", "add", p.IPv6.String()+"/128", "dev", "eth0", "nodad")
+				check(node.route(route{dst: netip.PrefixFrom(p.IPv6, 128), dev: p.NodeIface, src: l.NodeIPv6}))
+				check(pns.addr("eth0", netip.PrefixFrom(p.IPv6, 128)))
 			}
-			l.must("ip", "-n", p.NS, "-6", "route", "add", "default", "via", PodGatewayIPv6.String(), "dev", "eth0")
+			check(pns.route(route{gw: PodGatewayIPv6, dev: "eth0"}))
 		}
 	}
 	var need []*PodNS
@@ -308,11 +345,15 @@ func New(t testing.TB, spec Spec) *Lab {
 		}
 	}
 	if len(need) > 0 {
+		// Start every echo server, then wait for each: they start
+		// side by side.
 		bin := EchoBinary(t)
-		for _, p := range need {
-			p := p
-			proc := l.Start(p.NS, bin, "-name", p.Name, "-tcp", joinPorts(p.TCPPorts), "-udp", joinPorts(p.UDPPorts))
-			if err := proc.WaitFor("READY", 20*time.Second); err != nil {
+		procs := make([]*Process, len(need))
+		for i, p := range need {
+			procs[i] = l.Start(p.NS, bin, "-name", p.Name, "-tcp", joinPorts(p.TCPPorts), "-udp", joinPorts(p.UDPPorts))
+		}
+		for i, p := range need {
+			if err := procs[i].WaitFor("READY", 20*time.Second); err != nil {
 				t.Fatalf("lab: echo server in pod %s: %v", p.Name, err)
 			}
 		}
@@ -351,34 +392,6 @@ func joinPorts(ps []uint16) string {
 		s[i] = fmt.Sprint(p)
 	}
 	return strings.Join(s, ",")
-}
-
-func (l *Lab) addNS(name string) {
-	l.t.Helper()
-	l.must("ip", "netns", "add", name)
-	l.mu.Lock()
-	l.nsList = append(l.nsList, name)
-	l.mu.Unlock()
-	l.must("ip", "-n", name, "link", "set", "lo", "up")
-}
-
-func (l *Lab) sysctls(ns string, kv map[string]string) {
-	l.t.Helper()
-	var sb strings.Builder
-	for k, v := range kv {
-		fmt.Fprintf(&sb, "echo %s > /proc/sys/%s && ", v, k)
-	}
-	sb.WriteString("true")
-	l.must("ip", "netns", "exec", ns, "sh", "-c", sb.String())
-}
-
-func (l *Lab) must(args ...string) string {
-	l.t.Helper()
-	out, err := run(args...)
-	if err != nil {
-		l.t.Fatalf("lab: %v", err)
-	}
-	return out
 }
 
 func run(args ...string) (string, error) {
@@ -435,7 +448,7 @@ func (l *Lab) cleanup() {
 		procs[i].Stop()
 	}
 	for i := len(nss) - 1; i >= 0; i-- {
-		if _, err := run("ip", "netns", "del", nss[i]); err != nil {
+		if err := deleteNS(nss[i]); err != nil {
 			l.t.Errorf("lab cleanup: %v", err)
 		}
 	}

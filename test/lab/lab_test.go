@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -82,9 +84,20 @@ func TestLabWithoutProxy(t *testing.T) {
 			t.Errorf("unproxied service IP: err = %v, want ErrTimeout", err)
 		}
 
-		out := l.MustExec(l.Node, "cat", "/proc/sys/net/ipv4/ip_forward")
-		if strings.TrimSpace(out) != "1" {
-			t.Errorf("node ip_forward = %q", out)
+		// The sysctls, as another process inside each namespace sees
+		// them.
+		for _, c := range []struct{ ns, key, want string }{
+			{l.Node, "net/ipv4/ip_forward", "1"},
+			{l.Node, "net/ipv4/conf/default/send_redirects", "0"},
+			{l.Node, "net/ipv4/conf/ext0/send_redirects", "0"},
+			{l.Node, "net/ipv4/conf/all/route_localnet", "1"},
+			{l.Node, "net/ipv4/conf/" + a.NodeIface + "/rp_filter", "0"},
+			{l.Outside, "net/ipv4/ip_forward", "0"},
+			{b.NS, "net/ipv4/conf/all/rp_filter", "0"},
+		} {
+			if out := strings.TrimSpace(l.MustExec(c.ns, "cat", "/proc/sys/"+c.key)); out != c.want {
+				t.Errorf("%s: %s = %q, want %s", c.ns, c.key, out, c.want)
+			}
 		}
 	})
 	out, err := run("ip", "netns", "list")
@@ -148,6 +161,46 @@ func TestDualStackLabWithoutProxy(t *testing.T) {
 	}
 }
 
+// TestCleanupAfterFailure builds a lab that fails halfway (an outside
+// address given twice) and checks that its cleanup still removes every
+// namespace it had made.
+func TestCleanupAfterFailure(t *testing.T) {
+	RequireRoot(t)
+	ft := &fakeT{TB: t}
+	func() {
+		defer func() { _ = recover() }()
+		New(ft, Spec{OutsideExtraIPs: []netip.Addr{DefaultOutsideIP}, Pods: []Pod{{Name: "pod-a", IP: netip.MustParseAddr("10.244.0.2")}}})
+		t.Errorf("New with a duplicate outside address did not fail")
+	}()
+	m := regexp.MustCompile(Prefix + `[0-9a-f]{6}-`).FindString(ft.msg)
+	if m == "" {
+		ft.runCleanups()
+		t.Fatalf("failure names no lab namespace: %q", ft.msg)
+	}
+	t.Logf("failed as expected: %s", ft.msg)
+	labNS := func() []string {
+		out, err := run("ip", "netns", "list")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, line := range strings.Split(out, "\n") {
+			if name := strings.Fields(line + " x")[0]; strings.HasPrefix(name, m) {
+				names = append(names, name)
+			}
+		}
+		sort.Strings(names)
+		return names
+	}
+	if got, want := fmt.Sprint(labNS()), fmt.Sprint([]string{m + "node", m + "out"}); got != want {
+		t.Errorf("namespaces of the failed lab = %s, want %s (the pod's never made)", got, want)
+	}
+	ft.runCleanups()
+	if left := labNS(); len(left) > 0 {
+		t.Errorf("namespaces left behind after cleanup: %v", left)
+	}
+}
+
 // TestSpecValidation checks that bad pod specs fail before any namespace is made.
 func TestSpecValidation(t *testing.T) {
 	RequireRoot(t)
@@ -170,6 +223,7 @@ func TestSpecValidation(t *testing.T) {
 type fakeT struct {
 	testing.TB
 	failed   bool
+	msg      string
 	cleanups []func()
 }
 
@@ -178,6 +232,7 @@ func (f *fakeT) Cleanup(fn func())              { f.cleanups = append(f.cleanups
 func (f *fakeT) Errorf(format string, a ...any) { f.failed = true }
 func (f *fakeT) Fatalf(format string, a ...any) {
 	f.failed = true
+	f.msg = fmt.Sprintf(format, a...)
 	panic(fmt.Sprintf(format, a...))
 }
 func (f *fakeT) runCleanups() {
