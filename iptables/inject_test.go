@@ -120,7 +120,7 @@ func TestPortKeyUnambiguous(t *testing.T) {
 	}
 	// Valid names keep the key (and chain hashes) they always had.
 	valid := proxier.ServicePortName{Namespace: "default", Name: "web", Port: "http", Protocol: proxier.TCP}
-	if got := portKey(valid); got != "default/web:http/tcp" {
-		t.Errorf("portKey = %q", got)
+	if got := valid.Key(); got != "default/web:http/tcp" {
+		t.Errorf("Key = %q", got)
 	}
 }

@@ -1,221 +1,25 @@
 package nftables
 
 import (
-	"fmt"
-	"net/netip"
-	"slices"
-	"sort"
-	"time"
-
 	"github.com/switchyard-proxy/switchyard/proxier"
-	"github.com/switchyard-proxy/switchyard/proxier/planner"
+	"github.com/switchyard-proxy/switchyard/proxier/proxiertest"
 )
 
-// Helpers to build Snapshots by hand (the planner produces them in
-// production).
+// Snapshots built by hand: the fixtures shared with the iptables mode.
+var (
+	ep          = proxiertest.EP
+	ips         = proxiertest.IPs
+	svc         = proxiertest.Svc
+	resolve     = proxiertest.Resolve
+	snapshot    = proxiertest.Snapshot
+	bigSnapshot = proxiertest.BigSnapshot
+)
 
-func ep(addr string, local bool) proxier.Endpoint {
-	return proxier.Endpoint{Addr: netip.MustParseAddrPort(addr), Ready: true, Serving: true, Local: local}
-}
-
-func ips(ss ...string) []netip.Addr {
-	var out []netip.Addr
-	for _, s := range ss {
-		out = append(out, netip.MustParseAddr(s))
-	}
-	return out
-}
-
-func cidrs(ss ...string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range ss {
-		out = append(out, netip.MustParsePrefix(s))
-	}
-	return out
-}
-
-// svc builds a service port with endpoints (AllEndpoints); snapshot()
-// has the planner decide the endpoint lists once the fixture's policy
-// fields are set.
-func svc(ns, name, portName string, proto proxier.Protocol, clusterIP string, port uint16, eps ...proxier.Endpoint) *proxier.ServicePort {
-	sp := &proxier.ServicePort{
-		Name:         proxier.ServicePortName{Namespace: ns, Name: name, Port: portName, Protocol: proto},
-		Protocol:     proto,
-		Port:         port,
-		AllEndpoints: eps,
-	}
-	if clusterIP != "" {
-		sp.ClusterIP = netip.MustParseAddr(clusterIP)
-	}
-	return sp
-}
-
-// resolve has the planner decide sp's endpoint lists from AllEndpoints
-// and its policy fields, as in production.
-func resolve(sp *proxier.ServicePort) {
-	all := slices.Clone(sp.AllEndpoints)
-	slices.SortFunc(all, func(a, b proxier.Endpoint) int { return a.Addr.Compare(b.Addr) })
-	planner.ResolveEndpoints(sp, all, &planner.NodeInfo{Name: "node-a"})
-}
-
-func snapshot(fam proxier.IPFamily, services ...*proxier.ServicePort) *proxier.Snapshot {
-	s := &proxier.Snapshot{
-		Family:            fam,
-		NodeName:          "node-a",
-		NodePortAddresses: proxier.NodePortAddresses{All: true},
-		Masquerade:        proxier.MasqueradeConfig{MarkBit: 14, ClusterCIDRs: cidrs("10.244.0.0/16")},
-		Services:          services,
-		FullSync:          true,
-		NodeIPs:           ips("192.0.2.10"),
-	}
-	if fam == proxier.IPv6 {
-		s.Masquerade.ClusterCIDRs = cidrs("fd00:10:244::/56")
-		s.NodeIPs = ips("2001:db8::10")
-	}
-	for _, sp := range s.Services {
-		resolve(sp)
-	}
-	sortServices(s)
-	return s
-}
-
-func sortServices(s *proxier.Snapshot) {
-	sort.Slice(s.Services, func(i, j int) bool { return s.Services[i].Name.Less(s.Services[j].Name) })
-}
-
-// goldenCases are the Snapshot fixtures of the golden tests: every feature
-// of the layout appears in at least one.
+// goldenCases are the shared golden fixtures plus a case of names no valid
+// object holds: they reach the table only as comments, escaped.
 func goldenCases() map[string][]*proxier.Snapshot {
-	cases := map[string][]*proxier.Snapshot{}
-
-	// ClusterIP over TCP, UDP and SCTP, one-CIDR off-cluster masquerade.
-	cases["clusterip"] = []*proxier.Snapshot{snapshot(proxier.IPv4,
-		svc("default", "web", "http", proxier.TCP, "10.96.0.10", 80,
-			ep("10.244.1.5:8080", false), ep("10.244.1.6:8080", true), ep("10.244.2.7:8080", false)),
-		svc("kube-system", "dns", "dns", proxier.UDP, "10.96.0.53", 53, ep("10.244.1.2:53", true)),
-		svc("default", "sig", "", proxier.SCTP, "10.96.0.77", 3868, ep("10.244.2.9:3868", false)),
-	)}
-
-	// No endpoints at all: REJECT on every address.
-	none := svc("default", "empty", "http", proxier.TCP, "10.96.0.20", 80)
-	none.NodePort = 30020
-	none.ExternalIPs = ips("203.0.113.20")
-	none.LoadBalancerIPs = ips("198.51.100.20")
-	cases["no-endpoints"] = []*proxier.Snapshot{snapshot(proxier.IPv4, none)}
-
-	// NodePort, externalIPs and LoadBalancer with externalTrafficPolicy
-	// Cluster and Local (with and without local endpoints), health checks.
-	cluster := svc("default", "np-cluster", "http", proxier.TCP, "10.96.0.30", 80,
-		ep("10.244.1.5:8080", true), ep("10.244.2.5:8080", false))
-	cluster.NodePort = 30030
-	cluster.ExternalIPs = ips("203.0.113.30")
-	local := svc("default", "np-local", "http", proxier.TCP, "10.96.0.31", 80,
-		ep("10.244.1.8:8080", true), ep("10.244.2.8:8080", false))
-	local.NodePort = 30031
-	local.LoadBalancerIPs = ips("198.51.100.31")
-	local.ExternalPolicyLocal = true
-	local.HealthCheckNodePort = 32031
-	remote := svc("default", "np-local-remote", "", proxier.UDP, "10.96.0.32", 53, ep("10.244.2.9:53", false))
-	remote.NodePort = 30032
-	remote.ExternalIPs = ips("203.0.113.32")
-	remote.LoadBalancerIPs = ips("198.51.100.32")
-	remote.ExternalPolicyLocal = true
-	remote.HealthCheckNodePort = 32032
-	cases["external"] = []*proxier.Snapshot{snapshot(proxier.IPv4, cluster, local, remote)}
-
-	// LoadBalancer source ranges, one of which covers the node.
-	lb := svc("default", "lb", "https", proxier.TCP, "10.96.0.40", 443, ep("10.244.1.4:8443", false), ep("10.244.2.4:8443", false))
-	lb.NodePort = 30040
-	lb.LoadBalancerIPs = ips("198.51.100.40", "198.51.100.41")
-	lb.LoadBalancerSourceRanges = cidrs("203.0.113.0/24", "192.0.2.0/24")
-	cases["lb-source-ranges"] = []*proxier.Snapshot{snapshot(proxier.IPv4, lb)}
-
-	// ClientIP session affinity (also on an eTP Local external chain).
-	aff := svc("default", "sticky", "http", proxier.TCP, "10.96.0.50", 80, ep("10.244.1.3:80", true), ep("10.244.2.3:80", false))
-	aff.Affinity = proxier.SessionAffinity{Timeout: 10800 * time.Second}
-	aff.NodePort = 30050
-	aff.ExternalPolicyLocal = true
-	cases["affinity"] = []*proxier.Snapshot{snapshot(proxier.IPv4, aff)}
-
-	// internalTrafficPolicy Local, with and without local endpoints.
-	itp := svc("default", "itp", "http", proxier.TCP, "10.96.0.60", 80, ep("10.244.1.6:80", true), ep("10.244.2.6:80", false))
-	itp.InternalPolicyLocal = true
-	itpNone := svc("default", "itp-none", "http", proxier.TCP, "10.96.0.61", 80, ep("10.244.2.7:80", false))
-	itpNone.InternalPolicyLocal = true
-	cases["itp-local"] = []*proxier.Snapshot{snapshot(proxier.IPv4, itp, itpNone)}
-
-	// --masquerade-all and specific nodePortAddresses.
-	ma := snapshot(proxier.IPv4, func() *proxier.ServicePort {
-		s := svc("default", "web", "http", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", false))
-		s.NodePort = 30010
-		return s
-	}())
-	ma.Masquerade.All = true
-	ma.NodePortAddresses = proxier.NodePortAddresses{Addrs: ips("192.0.2.10", "127.0.0.1")}
-	cases["masquerade-all"] = []*proxier.Snapshot{ma}
-
-	// Several cluster CIDRs, and one with none.
-	multi := snapshot(proxier.IPv4, func() *proxier.ServicePort {
-		s := svc("default", "web", "http", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", true))
-		s.NodePort = 30010
-		s.ExternalPolicyLocal = true
-		return s
-	}())
-	multi.Masquerade.ClusterCIDRs = cidrs("10.244.0.0/16", "10.245.0.0/16")
-	noCIDR := snapshot(proxier.IPv4, svc("default", "web", "http", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", true)))
-	noCIDR.Masquerade.ClusterCIDRs = nil
-	noCIDR.Masquerade.MarkBit = 5
-	cases["cluster-cidrs"] = []*proxier.Snapshot{multi}
-	cases["no-cluster-cidr"] = []*proxier.Snapshot{noCIDR}
-
-	// Localhost node ports are not supported in nftables mode (as
-	// upstream): the snapshot's flag changes nothing.
-	lnp := snapshot(proxier.IPv4, func() *proxier.ServicePort {
-		s := svc("default", "web", "http", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", false))
-		s.NodePort = 30010
-		return s
-	}())
-	lnp.LocalhostNodePorts = true
-	cases["localhost-nodeports"] = []*proxier.Snapshot{lnp}
-
-	// detect-local-mode InterfaceNamePrefix: pods are what arrives on veth+.
-	ifc := snapshot(proxier.IPv4, func() *proxier.ServicePort {
-		s := svc("default", "web", "http", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", true), ep("10.244.2.5:8080", false))
-		s.NodePort = 30010
-		s.ExternalPolicyLocal = true
-		return s
-	}())
-	ifc.Masquerade.ClusterCIDRs, ifc.Masquerade.PodInterface = nil, "veth+"
-	cases["pod-interface"] = []*proxier.Snapshot{ifc}
-
-	// Dual stack: IPv4 and IPv6 sections.
-	v6 := svc("default", "web", "http", proxier.TCP, "fd00:96::10", 80, ep("[fd00:10:244:1::5]:8080", true), ep("[fd00:10:244:2::5]:8080", false))
-	v6.NodePort = 30010
-	v6.Affinity = proxier.SessionAffinity{Timeout: 60 * time.Second}
-	v4 := svc("default", "web", "http", proxier.TCP, "10.96.0.10", 80, ep("10.244.1.5:8080", true))
-	v4.NodePort = 30010
-	cases["dual-stack"] = []*proxier.Snapshot{snapshot(proxier.IPv4, v4), snapshot(proxier.IPv6, v6)}
-	// Names no valid object holds reach the table only as comments,
-	// escaped.
+	cases := proxiertest.GoldenCases()
 	hostile := svc("ns\"; flush ruleset", "web\n}", "p\"x", proxier.TCP, "10.96.0.99", 80, ep("10.244.1.9:80", false))
 	cases["hostile-names"] = []*proxier.Snapshot{snapshot(proxier.IPv4, hostile)}
 	return cases
-}
-
-// bigSnapshot has n service ports with m endpoints each.
-func bigSnapshot(n, m int) *proxier.Snapshot {
-	services := make([]*proxier.ServicePort, 0, n)
-	for i := 0; i < n; i++ {
-		eps := make([]proxier.Endpoint, 0, m)
-		for j := 0; j < m; j++ {
-			eps = append(eps, ep(fmt.Sprintf("10.%d.%d.%d:8080", 128+(i*m+j)>>16, ((i*m+j)>>8)&255, (i*m+j)&255), j == 0))
-		}
-		s := svc(fmt.Sprintf("ns%d", i%100), fmt.Sprintf("svc%05d", i), "http", proxier.TCP,
-			fmt.Sprintf("10.%d.%d.%d", 96+(i>>16), (i>>8)&255, i&255), 80, eps...)
-		if i%10 == 0 {
-			s.NodePort = uint16(30000 + i/10%2700)
-		}
-		services = append(services, s)
-	}
-	return snapshot(proxier.IPv4, services...)
 }

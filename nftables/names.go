@@ -1,8 +1,6 @@
 package nftables
 
 import (
-	"strings"
-
 	"github.com/switchyard-proxy/switchyard/internal/ruletext"
 	"github.com/switchyard-proxy/switchyard/proxier"
 )
@@ -44,43 +42,26 @@ const (
 	prefixAffinity = "aff-"
 )
 
-// portKey is the string the per-service-port names are hashed from:
-// "ns/name:port/proto", each part with its separators escaped (keyPart), so
-// two service ports never share a key whatever their names hold. It is the
-// iptables mode's key, so a service port's hash is the same in both modes.
-func portKey(n proxier.ServicePortName) string {
-	return keyPart(n.Namespace) + "/" + keyPart(n.Name) + ":" + keyPart(n.Port) + "/" + n.Protocol.Lower()
-}
-
-// keyPart escapes "/", ":" and "%" as %2F, %3A and %25 (valid names hold
-// none of them).
-func keyPart(s string) string {
-	if !strings.ContainsAny(s, "/:%") {
-		return s
-	}
-	return strings.NewReplacer("%", "%25", "/", "%2F", ":", "%3A").Replace(s)
-}
-
 // serviceNames are the per-service-port chain names.
 type serviceNames struct {
 	svc, svl, ext, fw string
 }
 
 func namesFor(n proxier.ServicePortName) serviceNames {
-	h := ruletext.Hash(portKey(n))
+	h := ruletext.Hash(n.Key())
 	return serviceNames{svc: prefixSVC + h, svl: prefixSVL + h, ext: prefixEXT + h, fw: prefixFW + h}
 }
 
 // endpointChain is the ep- chain of one endpoint of one service port.
 func endpointChain(n proxier.ServicePortName, ep proxier.Endpoint) string {
-	return prefixEP + ruletext.Hash(portKey(n)+"/"+ep.Addr.String())
+	return prefixEP + ruletext.Hash(n.Key()+"/"+ep.Addr.String())
 }
 
 // affinitySet is the aff- set of one endpoint; the timeout is part of the
 // name, so a changed timeout is a new set (nft cannot change a set's
 // timeout in place).
 func affinitySet(n proxier.ServicePortName, ep proxier.Endpoint, secs int) string {
-	return prefixAffinity + ruletext.Hash(portKey(n)+"/"+ep.Addr.String()+"/"+itoa(secs))
+	return prefixAffinity + ruletext.Hash(n.Key()+"/"+ep.Addr.String()+"/"+itoa(secs))
 }
 
 // ServiceChain returns the svc- chain name of a service port (for tests and

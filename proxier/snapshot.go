@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -86,6 +87,22 @@ func (n ServicePortName) String() string {
 
 // Service returns "namespace/name".
 func (n ServicePortName) Service() string { return n.Namespace + "/" + n.Name }
+
+// Key returns "namespace/name:port/proto" with "/", ":" and "%" in each
+// part escaped as %2F, %3A and %25 (valid names hold none of them), so two
+// service ports never share a key whatever their names hold. Backends hash
+// it into chain, set and map names that are stable across restarts and the
+// same in every mode.
+func (n ServicePortName) Key() string {
+	return keyPart(n.Namespace) + "/" + keyPart(n.Name) + ":" + keyPart(n.Port) + "/" + n.Protocol.Lower()
+}
+
+func keyPart(s string) string {
+	if !strings.ContainsAny(s, "/:%") {
+		return s
+	}
+	return strings.NewReplacer("%", "%25", "/", "%2F", ":", "%3A").Replace(s)
+}
 
 // Less orders service port names by namespace, name, port, protocol.
 func (n ServicePortName) Less(o ServicePortName) bool {

@@ -726,7 +726,8 @@ func fmtDur(d time.Duration) string {
 	}
 }
 
-// getTimeout is env.get with its own timeout (a CPU profile takes seconds).
+// getTimeout fetches http://addr/path inside the node namespace, within
+// timeout (a CPU profile takes seconds).
 func (e *env) getTimeout(addr, path string, timeout time.Duration) (int, string, error) {
 	c := &http.Client{Transport: e.http.Transport, Timeout: timeout}
 	resp, err := c.Get("http://" + addr + path)

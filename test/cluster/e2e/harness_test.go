@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -254,16 +253,7 @@ func tail(s string, n int) string {
 
 // get fetches http://addr/path inside the node namespace.
 func (e *env) get(addr, path string) (int, string, error) {
-	resp, err := e.http.Get("http://" + addr + path)
-	if err != nil {
-		return 0, "", fmt.Errorf("GET %s%s: %w", addr, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return resp.StatusCode, "", fmt.Errorf("read %s%s: %w", addr, path, err)
-	}
-	return resp.StatusCode, string(b), nil
+	return e.getTimeout(addr, path, e.http.Timeout)
 }
 
 // metricSum adds up the samples of the metric named name (exactly, labels
