@@ -26,9 +26,14 @@ import (
 	"github.com/switchyard-proxy/switchyard/proxier/tracker"
 )
 
-// freeAfterBytes is the size of a full sync's writes above which its
-// garbage is returned to the OS at once.
-const freeAfterBytes = 4 << 20
+// A full sync that wrote more than freeAfterBytes, or more than
+// freeAfterRules rules, virtual servers or elements (the nftables mode
+// counts operations and does not measure its full-sync text), has its
+// garbage returned to the OS at once.
+const (
+	freeAfterBytes = 4 << 20
+	freeAfterRules = 20000
+)
 
 // runProxy is the daemon: sources feed the tracker, the runner plans and
 // syncs the backend, and the health, metrics and health-check node-port
@@ -100,7 +105,7 @@ func runProxy(ctx context.Context, o *Options, s *settings, log *slog.Logger) er
 		}
 		obs.programmed(plan)
 		hc.sync(plan.Snapshots)
-		if (full || res.Full) && res.Bytes >= freeAfterBytes {
+		if (full || res.Full) && (res.Bytes >= freeAfterBytes || res.Rules >= freeAfterRules) {
 			// A big full sync leaves its rendering (tens of MB at 10k
 			// services) as garbage: hand it back to the node now rather
 			// than keep it resident until the heap grows into it.
