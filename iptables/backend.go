@@ -390,15 +390,7 @@ func (b *Backend) partialSync(ctx context.Context, t tools, r *renderer, st *fam
 	for n := range changed {
 		names = append(names, n)
 	}
-	slices.SortFunc(names, func(a, b proxier.ServicePortName) int {
-		if a.Less(b) {
-			return -1
-		}
-		if b.Less(a) {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(names, proxier.ServicePortName.Compare)
 
 	fresh := map[proxier.ServicePortName]*serviceRules{}
 	for _, n := range names {

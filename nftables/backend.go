@@ -188,15 +188,7 @@ func (b *Backend) syncFamily(ctx context.Context, st *familyState, snap *proxier
 	for name := range scope {
 		names = append(names, name)
 	}
-	slices.SortFunc(names, func(a, b proxier.ServicePortName) int {
-		if a.Less(b) {
-			return -1
-		}
-		if b.Less(a) {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(names, proxier.ServicePortName.Compare)
 	// A map or set key belongs to one service port: one that keeps it
 	// (unchanged and still present), or the first in this sync to want it.
 	claimed := map[string]proxier.ServicePortName{}

@@ -118,6 +118,18 @@ func (n ServicePortName) Less(o ServicePortName) bool {
 	return n.Protocol < o.Protocol
 }
 
+// Compare orders service port names as Less does, for slices.SortFunc:
+// -1, 0 or +1.
+func (n ServicePortName) Compare(o ServicePortName) int {
+	switch {
+	case n.Less(o):
+		return -1
+	case o.Less(n):
+		return 1
+	}
+	return 0
+}
+
 // Endpoint is one backend of a service port, as the planner resolved it
 // from EndpointSlices: deduplicated, with conditions defaulted.
 type Endpoint struct {

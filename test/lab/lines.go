@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -18,16 +19,23 @@ import (
 // InNS runs fn on an OS thread inside the named network namespace. Sockets
 // fn creates stay in that namespace.
 func InNS(ns string, fn func() error) error {
-	target, err := netns.GetFromName(ns)
+	return InNSPath(filepath.Join("/run/netns", ns), fn)
+}
+
+// InNSPath runs fn on an OS thread inside the network namespace at path (a
+// /run/netns file or a process's /proc/PID/ns/net). Sockets fn creates stay
+// in that namespace; /proc/sys/net reads and writes apply to it.
+func InNSPath(path string, fn func() error) error {
+	target, err := netns.GetFromPath(path)
 	if err != nil {
-		return fmt.Errorf("open namespace %s: %w", ns, err)
+		return fmt.Errorf("open namespace %s: %w", path, err)
 	}
 	defer target.Close()
 	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
 		if err := netns.Set(target); err != nil {
-			ch <- fmt.Errorf("enter namespace %s: %w", ns, err)
+			ch <- fmt.Errorf("enter namespace %s: %w", path, err)
 			return
 		}
 		ch <- fn()

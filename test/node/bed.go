@@ -16,20 +16,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/switchyard-proxy/switchyard/test/cluster"
+	"github.com/switchyard-proxy/switchyard/test/lab"
 )
 
 // Addresses of the bed's shared link (a bridge in the control-plane
@@ -543,7 +542,7 @@ func ipCmd(args ...string) error {
 
 // nsSysctl writes a per-namespace sysctl inside ns.
 func nsSysctl(ns, key, value string) error {
-	return InNS("/run/netns/"+ns, func() error {
+	return lab.InNS(ns, func() error {
 		return os.WriteFile("/proc/sys/"+key, []byte(value), 0o644)
 	})
 }
@@ -558,33 +557,12 @@ func ctr(n *Node, args ...string) (string, error) {
 	return string(out), nil
 }
 
-// InNS runs fn on an OS thread inside the network namespace at path (a
-// /run/netns file or a pod's namespace file). Sockets fn creates stay in
-// that namespace; /proc/sys/net reads and writes apply to it.
-func InNS(path string, fn func() error) error {
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("open namespace %s: %w", path, err)
-	}
-	defer target.Close()
-	ch := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := netns.Set(target); err != nil {
-			ch <- fmt.Errorf("enter namespace %s: %w", path, err)
-			return
-		}
-		ch <- fn()
-	}()
-	return <-ch
-}
-
 // NSDialer returns a dial function whose sockets are made inside the
 // network namespace at path.
 func NSDialer(path string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
-		err := InNS(path, func() error {
+		err := lab.InNSPath(path, func() error {
 			var err error
 			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 			return err

@@ -24,6 +24,7 @@ import (
 
 	"github.com/switchyard-proxy/switchyard/test/cluster"
 	"github.com/switchyard-proxy/switchyard/test/echo"
+	"github.com/switchyard-proxy/switchyard/test/lab"
 )
 
 const echoReplicas = 4
@@ -225,7 +226,7 @@ func TestSwitchyardDaemonSet(t *testing.T) {
 // returns the echo reply.
 func ask(nsPath, addr string) (echo.Reply, error) {
 	var c net.Conn
-	err := InNS(nsPath, func() error {
+	err := lab.InNSPath(nsPath, func() error {
 		var err error
 		c, err = net.DialTimeout("tcp", addr, 2*time.Second)
 		return err
