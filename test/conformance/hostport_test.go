@@ -16,9 +16,13 @@ import (
 	"github.com/switchyard-proxy/switchyard/test/scenarios"
 )
 
-// hostPortPod is a Pod manifest on the lab's node with hostPort 8080 (TCP
-// and UDP) to the echo port 80.
-func hostPortPod(name, ip, created string) string {
+// hostPortPod is a Pod manifest on the lab's node with hostPort (TCP and
+// UDP, on hostIP when it is not empty) to the echo port 80.
+func hostPortPod(name, ip, created, hostIP string, hostPort int) string {
+	bind := ""
+	if hostIP != "" {
+		bind = ", hostIP: " + hostIP
+	}
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata:
@@ -30,12 +34,12 @@ spec:
   containers:
   - name: echo
     ports:
-    - {containerPort: 80, hostPort: 8080, protocol: TCP}
-    - {containerPort: 80, hostPort: 8080, protocol: UDP}
+    - {containerPort: 80, hostPort: %[5]d, protocol: TCP%[6]s}
+    - {containerPort: 80, hostPort: %[5]d, protocol: UDP%[6]s}
 status:
   phase: Running
-  podIP: %s
-`, name, created, scenarios.Topology.NodeName, ip)
+  podIP: %[4]s
+`, name, created, scenarios.Topology.NodeName, ip, hostPort, bind)
 }
 
 // listenIn tries to bind a socket in namespace ns (a node process taking a
@@ -85,6 +89,7 @@ func testHostPortsLive(t *testing.T, mode string) {
 		{Name: "web", IP: netip.MustParseAddr("10.244.0.5"), TCPPorts: []uint16{80}, UDPPorts: []uint16{80}},
 		{Name: "late", IP: netip.MustParseAddr("10.244.0.6"), TCPPorts: []uint16{80}, UDPPorts: []uint16{80}},
 		{Name: "client", IP: netip.MustParseAddr("10.244.0.7"), NoEcho: true},
+		{Name: "pinned", IP: netip.MustParseAddr("10.244.0.8"), TCPPorts: []uint16{80}, UDPPorts: []uint16{80}},
 	}})
 	dir := t.TempDir()
 	writeManifest(t, dir, "node.yaml", []byte(fmt.Sprintf(`apiVersion: v1
@@ -95,8 +100,10 @@ status:
   addresses:
   - {type: InternalIP, address: %s}
 `, scenarios.Topology.NodeName, l.NodeIP)))
-	writeManifest(t, dir, "web.yaml", []byte(hostPortPod("web", "10.244.0.5", "2026-01-01T00:00:00Z")))
-	writeManifest(t, dir, "late.yaml", []byte(hostPortPod("late", "10.244.0.6", "2026-01-02T00:00:00Z")))
+	writeManifest(t, dir, "web.yaml", []byte(hostPortPod("web", "10.244.0.5", "2026-01-01T00:00:00Z", "", 8080)))
+	writeManifest(t, dir, "late.yaml", []byte(hostPortPod("late", "10.244.0.6", "2026-01-02T00:00:00Z", "", 8080)))
+	// pinned's hostPort 8081 is bound to one node address only.
+	writeManifest(t, dir, "pinned.yaml", []byte(hostPortPod("pinned", "10.244.0.8", "2026-01-01T00:00:00Z", l.OutsideGW.String(), 8081)))
 	args := append([]string{switchyardBinary(t)}, modeFlags(dir, scenarios.Config{}, mode)...)
 	args = append(args, "--min-sync-period", "100ms", "--sync-period", "30s", "--log-level", "debug", "--hostport-mode", "auto")
 	sy := &liveSwitchyard{t: t, proc: l.Start(l.Node, args...)}
@@ -122,6 +129,13 @@ status:
 		expect("other pod", l.Pod("client").NS, proto, node, "web", is(l.Pod("client").IP))
 		expect("hairpin", l.Pod("web").NS, proto, node, "web", nodeAddr)
 	}
+	pinned := l.OutsideGW.String() + ":8081"
+	for _, proto := range []string{"tcp", "udp"} {
+		expect("outside, to the pod's hostIP", l.Outside, proto, pinned, "pinned", is(l.OutsideIP))
+	}
+	if r, err := lab.Dial(l.Outside, "tcp", l.NodeIP.String()+":8081", 800*time.Millisecond); err == nil {
+		t.Errorf("hostPort 8081 bound to %s also answered on %s:8081 (%s)", l.OutsideGW, l.NodeIP, r.Name)
+	}
 	if !strings.Contains(sy.proc.Output(), "no CNI portmap chain") {
 		t.Errorf("--hostport-mode=auto did not say what it chose:\n%s", sy.proc.Output())
 	}
@@ -142,9 +156,11 @@ status:
 	for _, proto := range []string{"tcp", "udp"} {
 		expect("after web left", l.Outside, proto, node, "late", is(l.OutsideIP))
 	}
-	// late goes too: no rules, the port is free for node processes.
-	if err := os.Remove(filepath.Join(dir, "late.yaml")); err != nil {
-		t.Fatal(err)
+	// late and pinned go too: no rules, the port is free for node processes.
+	for _, f := range []string{"late.yaml", "pinned.yaml"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	sy.waitSync(mark, "removing late")
 	if r, err := lab.Dial(l.Outside, "tcp", node, 800*time.Millisecond); err == nil {
